@@ -1,0 +1,92 @@
+"""FER2013 (fer2013.csv, 48x48 grey pixels inside the CSV) and FERPlus (fer2013new.csv votes over the same rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fer_data.datasets.base import BadRow, Item, find_file, parse_rows, register, rows, to_int
+from fer_data.labels import EMOTION_ID
+from fer_data.records import Record, Reject
+
+FER_EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")  # FER2013 ids 0..6
+USAGE_SPLIT = {"training": "train", "publictest": "val", "privatetest": "test"}
+FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+SIDE = 48
+FER2013_COLUMNS = ("emotion", "pixels", "Usage")
+
+
+def _split(usage: str) -> str:
+    try:
+        return USAGE_SPLIT[usage.strip().lower()]
+    except KeyError:
+        raise BadRow("label_out_of_range", f"Usage {usage!r} not in Training/PublicTest/PrivateTest") from None
+
+
+def _pixels(text: str) -> np.ndarray:
+    values = text.split()
+    if len(values) != SIDE * SIDE:
+        raise BadRow("corrupt_image", f"pixels has {len(values)} values, expected {SIDE * SIDE}")
+    arr = np.array(values, dtype=np.int64)
+    if arr.min() < 0 or arr.max() > 255:
+        raise BadRow("corrupt_image", "pixel values outside 0..255")
+    return arr.astype(np.uint8).reshape(SIDE, SIDE)
+
+
+@register("fer2013", ("emotion",), "FER2013: 7 emotions, 48x48 grey crops stored in the CSV")
+def read_fer2013(root: Path) -> Iterator[Item]:
+    path = find_file(root, "fer2013.csv", "fer2013/fer2013.csv")
+
+    def parse(i: int, row: dict[str, str]) -> Record:
+        label = to_int(row["emotion"], range(7), "emotion")
+        return Record(
+            sample_id=f"fer2013:{i:07d}",
+            dataset="fer2013",
+            split=_split(row["Usage"]),
+            source_path=f"{path}#row={i}",
+            emotion=EMOTION_ID[FER_EMOTIONS[label]],
+            aligned=True,
+            pixels=_pixels(row["pixels"]),
+        )
+
+    yield from parse_rows("fer2013", path, FER2013_COLUMNS, parse, delimiter=",")
+
+
+def _majority(votes: list[int]) -> int:
+    """Canonical emotion of the class with more than half of the votes; BadRow otherwise."""
+    total = sum(votes)
+    best = int(np.argmax(votes))
+    if total == 0 or votes[best] * 2 <= total:
+        raise BadRow("no_majority", f"votes {votes}: no class has more than half")
+    if FERPLUS_VOTES[best] in ("unknown", "NF"):
+        raise BadRow("not_an_emotion", f"majority vote is {FERPLUS_VOTES[best]}")
+    return EMOTION_ID[FERPLUS_VOTES[best]]
+
+
+@register("ferplus", ("emotion",), "FERPlus: 8 emotions by majority of 10 votes over FER2013 images (votes kept)")
+def read_ferplus(root: Path) -> Iterator[Item]:
+    labels = find_file(root, "fer2013new.csv", "FERPlus/fer2013new.csv")
+    fer = find_file(root, "fer2013.csv", "fer2013/fer2013.csv")
+    pixels = {i: row["pixels"] for i, row in (r for r in rows(fer, FER2013_COLUMNS, ",") if not isinstance(r, Reject))}
+
+    def parse(i: int, row: dict[str, str]) -> Record:
+        name = row["Image name"]
+        if not name:
+            raise BadRow("not_a_face", f"row {i} has no image name (FERPlus marks non-faces so)")
+        votes = [to_int(row[v], range(11), f"{v} votes") for v in FERPLUS_VOTES]
+        if i not in pixels:
+            raise BadRow("missing_file", f"row {i} of {fer} is missing or unreadable")
+        return Record(
+            sample_id=f"ferplus:{name}",
+            dataset="ferplus",
+            split=_split(row["Usage"]),
+            source_path=f"{fer}#row={i}",
+            emotion=_majority(votes),
+            aligned=True,
+            pixels=_pixels(pixels[i]),
+            extra={"votes": dict(zip(FERPLUS_VOTES, votes)), "image_name": name},
+        )
+
+    yield from parse_rows("ferplus", labels, ("Usage", "Image name", *FERPLUS_VOTES), parse, delimiter=",")

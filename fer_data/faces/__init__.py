@@ -1,0 +1,1 @@
+"""Face geometry shared by adapters (given landmarks) and the detectors/aligners."""
