@@ -1,0 +1,184 @@
+"""`fer`: the command line over datasets, ingest, the catalog and (later stages) training."""
+
+from __future__ import annotations
+
+import os
+
+# Entry points, not users, keep the tools offline and quiet (no network here, no telemetry).
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json  # noqa: E402
+from enum import Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+app = typer.Typer(help="fer-pipeline: raw FER/AU/age-gender datasets -> catalog, shards, trained methods.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+DEFAULT_CATALOG = Path("data/catalog.duckdb")
+
+
+class Detector(str, Enum):
+    auto = "auto"
+    none = "none"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def print_frame(df: pd.DataFrame, title: str | None = None, fmt: Format = Format.table) -> None:
+    """A DataFrame as a rich table, CSV or JSON lines on stdout."""
+    if fmt is Format.csv:
+        typer.echo(df.to_csv(index=False), nl=False)
+        return
+    if fmt is Format.json:
+        typer.echo(df.to_json(orient="records", lines=True, force_ascii=False), nl=False)
+        return
+    table = Table(title=title, show_lines=False)
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
+    for row in df.itertuples(index=False):
+        table.add_row(*("" if v is None or (isinstance(v, float) and pd.isna(v)) else
+                        f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def datasets() -> None:
+    """The dataset adapters and which tasks each labels."""
+    from fer_data.datasets import ADAPTERS
+
+    table = Table(title="dataset adapters")
+    for col in ("name", "kind", "tasks", "description"):
+        table.add_column(col)
+    for name, adapter in sorted(ADAPTERS.items()):
+        table.add_row(name, adapter.kind, ", ".join(adapter.tasks), adapter.description)
+    console.print(table)
+
+
+@app.command()
+def ingest(
+    dataset: Annotated[str, typer.Argument(help="adapter name, see `fer datasets`")],
+    raw_root: Annotated[Path, typer.Argument(help="the dataset's raw root, in its native layout")],
+    out: Annotated[Path, typer.Option(help="output folder: catalog.duckdb, catalog/ Parquet")] = Path("data"),
+    detector: Annotated[Detector, typer.Option(help="face source")] = Detector.auto,
+    workers: Annotated[int, typer.Option(help="decode threads")] = 4,
+) -> None:
+    """Read a raw dataset and replace its rows in the catalog (rows read = samples + rejects)."""
+    from fer_data.datasets import LayoutError
+    from fer_data.ingest import ingest as run_ingest
+
+    with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("ingest", total=None)
+        try:
+            result = run_ingest(dataset, raw_root, out, detector.value, workers,
+                                on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+        except (LayoutError, KeyError) as err:
+            fail(str(err).strip('"'))
+    console.print(f"[green]{result.dataset}[/]: {result.rows_read} rows read = {result.n_samples} samples "
+                  f"+ {result.n_rejects} rejects -> {result.catalog}")
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="per-dataset catalog files (data/ingest/*/catalog.duckdb)")],
+    out: Annotated[Path, typer.Option(help="output folder of the merged catalog.duckdb and catalog/ Parquet")] = Path("data"),
+) -> None:
+    """Join per-dataset catalogs (one per DVC ingest stage) into one catalog and its Parquet export."""
+    from fer_data.catalog import export_parquet
+    from fer_data.catalog import merge as run_merge
+
+    path = out / "catalog.duckdb"
+    path.unlink(missing_ok=True)  # the merged catalog is derived: rebuilt whole from its parts
+    merged = run_merge(parts, path)
+    export_parquet(path, out / "catalog")
+    console.print(f"merged {len(merged)} datasets into {path}: {', '.join(merged)}")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over samples, au_labels, shards, rejects and the views")],
+    catalog: Annotated[Path, typer.Option(help="catalog file")] = DEFAULT_CATALOG,
+    format: Annotated[Format, typer.Option(help="output format")] = Format.table,
+) -> None:
+    """Ask the catalog a question in SQL (read-only)."""
+    import duckdb
+
+    from fer_data.catalog import query as run_query
+
+    try:
+        df = run_query(catalog, query)
+    except (duckdb.Error, FileNotFoundError) as err:
+        fail(str(err))
+    print_frame(df, fmt=format)
+
+
+@app.command()
+def stats(
+    catalog: Annotated[Path, typer.Option(help="catalog file")] = DEFAULT_CATALOG,
+    format: Annotated[Format, typer.Option(help="output format")] = Format.table,
+    metrics: Annotated[Path | None, typer.Option(help="also write per-dataset counts as a DVC metrics JSON")] = None,
+) -> None:
+    """Task coverage, class balance, AU occurrence and rejects of the catalog."""
+    from fer_data.catalog import query as run_query
+
+    if not catalog.exists():
+        fail(f"no catalog at {catalog}: run `fer ingest` first")
+    sections = {
+        "ingests": "SELECT dataset, rows_read, n_samples, n_rejects, rows_read = n_samples + n_rejects AS accounted "
+                   "FROM ingests ORDER BY dataset",
+        "task coverage": "SELECT * FROM task_coverage",
+        "class balance": "SELECT dataset, split, task, list(label_name || '=' || n ORDER BY label) AS counts "
+                         "FROM class_balance GROUP BY ALL ORDER BY ALL",
+        "AU occurrence": "SELECT * FROM au_occurrence",
+        "rejects": "SELECT * FROM reject_summary",
+    }
+    results = {title: run_query(catalog, q) for title, q in sections.items()}
+    if metrics:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        counts = results["ingests"].set_index("dataset")[["rows_read", "n_samples", "n_rejects"]]
+        metrics.write_text(json.dumps(json.loads(counts.to_json(orient="index")), indent=2) + "\n")
+    if format is Format.json:
+        typer.echo(json.dumps({t: json.loads(df.to_json(orient="records")) for t, df in results.items()}))
+        return
+    for title, df in results.items():
+        if format is Format.csv:
+            typer.echo(f"# {title}")
+        if len(df) or format is Format.table:
+            print_frame(df.assign(**{c: df[c].astype(str) for c in df.columns if df[c].dtype == object}),
+                        title=title, fmt=format)
+
+
+@app.command("sample-data")
+def sample_data(
+    out: Annotated[Path, typer.Argument(help="folder for the raw sample datasets")],
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same bytes")] = 0,
+) -> None:
+    """Write small raw datasets in their native layouts, built from face photos shipped by installed packages."""
+    from fer_data.sample_data import write_sample_data
+
+    roots = write_sample_data(out, seed=seed)
+    for name, root in sorted(roots.items()):
+        console.print(f"{name:12s} {root}")
+
+
+if __name__ == "__main__":
+    app()
