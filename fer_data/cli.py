@@ -56,7 +56,7 @@ def print_frame(df: pd.DataFrame, title: str | None = None, fmt: Format = Format
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 

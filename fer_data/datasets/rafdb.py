@@ -26,8 +26,9 @@ def _manual_attributes(path: Path) -> tuple[tuple[tuple[float, float], ...], dic
 
 @register("rafdb", ("emotion", "gender"), "RAF-DB basic: 7 emotions, manual gender/race/age group")
 def read(root: Path) -> Iterator[Item]:
-    base = root / "basic" if (root / "basic").is_dir() else root
-    label_file = find_file(base, "EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_label.txt")
+    label_file = find_file(root, *(f"{base}EmoLabel/list_{spelling}_label.txt"
+                                   for base in ("basic/", "") for spelling in ("patition", "partition")))
+    base = label_file.parent.parent
 
     def parse(_: int, row: dict[str, str]) -> Record:
         name = row["name"]
