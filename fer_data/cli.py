@@ -29,6 +29,9 @@ DEFAULT_CATALOG = Path("data/catalog.duckdb")
 
 class Detector(str, Enum):
     auto = "auto"
+    centerface = "centerface"
+    scrfd = "scrfd"
+    given = "given"
     none = "none"
 
 
@@ -77,11 +80,16 @@ def datasets() -> None:
 def ingest(
     dataset: Annotated[str, typer.Argument(help="adapter name, see `fer datasets`")],
     raw_root: Annotated[Path, typer.Argument(help="the dataset's raw root, in its native layout")],
-    out: Annotated[Path, typer.Option(help="output folder: catalog.duckdb, catalog/ Parquet")] = Path("data"),
-    detector: Annotated[Detector, typer.Option(help="face source")] = Detector.auto,
-    workers: Annotated[int, typer.Option(help="decode threads")] = 4,
+    out: Annotated[Path, typer.Option(help="output folder: catalog.duckdb, catalog/ Parquet, shards/")] = Path("data"),
+    detector: Annotated[Detector, typer.Option(
+        help="auto: the release's landmarks/box, else resize aligned releases, else centerface")] = Detector.auto,
+    detector_model: Annotated[str | None, typer.Option(help="ONNX file for --detector scrfd")] = None,
+    size: Annotated[int, typer.Option(help="aligned crop side (multiple of 112 or 128)")] = 224,
+    shard_samples: Annotated[int, typer.Option(help="samples per shard at most")] = 1000,
+    shard_mb: Annotated[int, typer.Option(help="MiB per shard at most")] = 256,
+    workers: Annotated[int, typer.Option(help="worker threads, each with its own detector session")] = 2,
 ) -> None:
-    """Read a raw dataset and replace its rows in the catalog (rows read = samples + rejects)."""
+    """Read a raw dataset, align its faces into shards and replace its rows in the catalog."""
     from fer_data.datasets import LayoutError
     from fer_data.ingest import ingest as run_ingest
 
@@ -89,9 +97,11 @@ def ingest(
                   console=console, transient=True) as progress:
         task = progress.add_task("ingest", total=None)
         try:
-            result = run_ingest(dataset, raw_root, out, detector.value, workers,
+            result = run_ingest(dataset, raw_root, out, detector.value, workers, size=size,
+                                shard_samples=shard_samples, shard_bytes=shard_mb * 2**20,
+                                detector_model=detector_model,
                                 on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-        except (LayoutError, KeyError) as err:
+        except (LayoutError, KeyError, ValueError, FileNotFoundError) as err:
             fail(str(err).strip('"'))
     console.print(f"[green]{result.dataset}[/]: {result.rows_read} rows read = {result.n_samples} samples "
                   f"+ {result.n_rejects} rejects -> {result.catalog}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -14,11 +16,17 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def write_image(path: Path, seed: int = 0, size: int = 32) -> Path:
-    """A small real JPEG/PNG (by suffix) with seeded noise, so hashes differ per seed."""
+@functools.cache
+def _astronaut() -> np.ndarray:
+    return skimage.data.astronaut()
+
+
+def write_image(path: Path, seed: int = 0, size: int = 128) -> Path:
+    """A real face photo (scikit-image's astronaut), crop shifted by the seed so bytes differ per seed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    dx, dy = np.random.default_rng(seed).integers(-20, 21, 2)
+    crop = _astronaut()[30 + dy:230 + dy, 125 + dx:325 + dx]
+    Image.fromarray(crop).resize((size, size), Image.BILINEAR).save(path)
     return path
 
 

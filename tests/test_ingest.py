@@ -33,7 +33,7 @@ def test_clean_dataset_ingests_every_row(rafdb_root: Path, tmp_path: Path) -> No
     assert df.sample_id.tolist() == ["rafdb:test_0001", "rafdb:test_0002", "rafdb:train_00001", "rafdb:train_00002"]
     assert df.split.tolist() == ["test", "test", "train", "train"]
     assert df.emotion.tolist() == [0, 6, 1, 3]  # neutral, anger, happiness, surprise
-    assert (df.width == 32).all() and (df.bytes > 0).all() and df.sha256.str.len().eq(64).all()
+    assert (df.width == 128).all() and (df.bytes > 0).all() and df.sha256.str.len().eq(64).all()
 
 
 @pytest.mark.parametrize(

