@@ -1,0 +1,133 @@
+"""Shards -> batches for training: images [B,3,H,W] or clips [B,T,3,H,W] and a targets dict.
+
+Missing labels become the ignore value of the loss: -100 for class targets, a 0 mask for
+AUs and valence/arousal. Shard shuffling, node and worker splitting are always explicit
+(WebDataset repeats samples otherwise); a train loader has a fixed epoch length.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from webdataset.gopen import gopen_schemes
+
+from fer_data import catalog
+
+IGNORE_INDEX = -100
+CLASS_TASKS = ("emotion", "age_bin", "gender")
+FSSPEC_SCHEMES = ("s3", "s3a", "gcs", "az", "abfs", "abfss", "memory", "file", "hdfs", "webhdfs")
+
+
+def _fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
+    return fsspec.open(url, mode).open()
+
+
+for _scheme in FSSPEC_SCHEMES:  # object stores through fsspec, beside webdataset's own schemes
+    gopen_schemes.setdefault(_scheme, _fsspec_open)
+
+
+def _image(data: bytes) -> torch.Tensor:
+    arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # uint8 [3, H, W]; methods normalise
+
+
+def targets_of(labels: dict[str, Any], tasks: Sequence[str], aus: Sequence[int]) -> dict[str, torch.Tensor]:
+    """One sample's targets with ignore values where a label is missing."""
+    out: dict[str, torch.Tensor] = {}
+    for task in tasks:
+        if task in CLASS_TASKS:
+            value = labels.get(task)
+            out[task] = torch.tensor(IGNORE_INDEX if value is None else int(value))
+        elif task == "valence_arousal":
+            v, a = labels.get("valence"), labels.get("arousal")
+            known = v is not None and a is not None
+            out["valence_arousal"] = torch.tensor([v or 0.0, a or 0.0] if known else [0.0, 0.0])
+            out["valence_arousal_mask"] = torch.tensor(float(known))
+        elif task == "au":
+            present = [labels.get("aus", {}).get(str(au)) for au in aus]
+            out["au"] = torch.tensor([float(bool(p)) for p in present])
+            out["au_mask"] = torch.tensor([float(p is not None) for p in present])
+        elif task == "age":
+            age = labels.get("age")
+            out["age"] = torch.tensor(float(age) if age is not None else 0.0)
+            out["age_mask"] = torch.tensor(float(age is not None))
+        else:
+            raise ValueError(f"unknown task {task!r}; known: {(*CLASS_TASKS, 'valence_arousal', 'au', 'age')}")
+    return out
+
+
+def _to_example(sample: dict[str, Any], tasks: Sequence[str], aus: Sequence[int]) -> tuple[torch.Tensor, dict]:
+    labels = json.loads(sample["json"])
+    frames = sorted(k for k in sample if k.endswith(".jpg") and k != "jpg")
+    if "jpg" in sample:
+        pixels = _image(sample["jpg"])
+    else:  # a clip: "<key>.00.jpg" ... -> [T, 3, H, W]
+        pixels = torch.stack([_image(sample[k]) for k in frames])
+    return pixels, {**targets_of(labels, tasks, aus), "sample_id": labels["sample_id"]}
+
+
+def _collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict[str, Any]]:
+    pixels = torch.stack([b[0] for b in batch])
+    keys = [k for k in batch[0][1] if k != "sample_id"]
+    targets: dict[str, Any] = {k: torch.stack([b[1][k] for b in batch]) for k in keys}
+    targets["sample_id"] = [b[1]["sample_id"] for b in batch]
+    return pixels, targets
+
+
+def select(catalog_path: str | Path, where: str, root: str | Path | None = None) -> tuple[list[str], set[str]]:
+    """Shard URLs and sample ids of a SQL selection over `samples` (e.g. "dataset='rafdb' AND split='train'").
+
+    Shard paths in the catalog are relative to the folder holding it, unless `root` says otherwise
+    (a local folder or an fsspec URL such as s3://bucket/data).
+    """
+    df = catalog.query(catalog_path, f"SELECT sample_id, shard FROM samples WHERE shard IS NOT NULL AND ({where})")
+    if df.empty:
+        raise ValueError(f"no sharded samples in {catalog_path} match: {where}")
+    base = str(root if root is not None else Path(catalog_path).resolve().parent).rstrip("/")
+    return [f"{base}/{s}" for s in sorted(df.shard.unique())], set(df.sample_id)
+
+
+def make_loader(
+    urls: str | Sequence[str],
+    tasks: Sequence[str] = ("emotion",),
+    batch_size: int = 32,
+    train: bool = True,
+    num_workers: int = 0,
+    aus: Sequence[int] = (),
+    epoch_samples: int | None = None,
+    sample_ids: set[str] | None = None,
+    shuffle_buffer: int = 1000,
+    seed: int = 0,
+) -> wds.WebLoader:
+    """A loader over WebDataset shards. Train: shuffled shards and samples, repeated to `epoch_samples`
+    per epoch (default: one pass). Eval: every sample once, in shard order, last batch kept.
+    `sample_ids` restricts to a selection (see `select`)."""
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    dataset = wds.WebDataset(
+        urls,
+        shardshuffle=len(urls) if train else False,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        seed=seed,
+        empty_check=False,
+        repeat=train and epoch_samples is not None,
+    )
+    if sample_ids is not None:
+        dataset = dataset.select(lambda s: json.loads(s["json"])["sample_id"] in sample_ids)
+    if train:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    dataset = dataset.map(lambda s: _to_example(s, tasks, aus))
+    dataset = dataset.batched(batch_size, collation_fn=_collate, partial=not train)
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)
+    if train and epoch_samples is not None:
+        loader = loader.with_epoch(max(1, epoch_samples // batch_size))  # batches, over all workers
+    return loader
