@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,12 @@ def find_file(root: Path, *candidates: str) -> Path:
 
 
 def inside(root: Path, rel: str) -> Path:
-    """`root/rel`, refusing paths that escape the dataset root (absolute paths, `..`, symlinks out)."""
-    path = (root / rel.strip()).resolve()
+    """`root/rel`, refusing label-file paths that escape the dataset root (absolute paths, `..`).
+
+    The check is on the path as written, not on symlink targets: users link big image folders
+    into a release (e.g. Manually_Annotated_Images on another disk), and those links are theirs.
+    """
+    path = Path(os.path.normpath(root / rel.strip()))
     if not path.is_relative_to(root):
         raise BadRow("path_escapes_root", f"{rel!r} resolves outside {root}")
     return path
@@ -153,7 +158,7 @@ def to_int(text: str, valid: Iterable[int], what: str) -> int:
     """Parse an integer label and check it is one of `valid` (else label_out_of_range)."""
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise BadRow("unparsable_row", f"{what} {text!r} is not a number") from None
     if value not in set(valid):
         raise BadRow("label_out_of_range", f"{what} {value} not in {sorted(set(valid))}")

@@ -44,6 +44,8 @@ def read_class_folders(dataset: str, root: Path, require_splits: bool) -> Iterat
             expected = ", ".join(f"{root}/{names[0].capitalize()}" for names in SPLIT_FOLDERS.values())
             raise LayoutError(f"{dataset}: expected split folders such as {expected}")
         splits = {"": root}
+    if not any(_children(folder) for folder in splits.values()):
+        raise LayoutError(f"{dataset}: expected class folders such as {root}/happy/*.jpg (none found)")
     for split, folder in splits.items():
         for class_dir in _children(folder).values():
             emotion = emotion_from_name(class_dir.name)

@@ -15,7 +15,10 @@ LANDMARK_COLUMNS = ("NAME_ID", *(f"P{i}{a}" for i in range(1, 6) for a in "XY"))
 
 
 def _landmarks(root: Path, split: str) -> dict[str, tuple[tuple[float, float], ...]]:
-    """NAME_ID ('n000002/0001_01') -> 5 points from bb_landmark/loose_landmark_<split>.csv, when shipped."""
+    """NAME_ID ('n000002/0001_01') -> 5 points from bb_landmark/loose_landmark_<split>.csv, when shipped.
+
+    A malformed row only costs that image its given landmarks (the detector finds them instead).
+    """
     path = root / "bb_landmark" / f"loose_landmark_{split}.csv"
     if not path.is_file():
         return {}
@@ -23,7 +26,10 @@ def _landmarks(root: Path, split: str) -> dict[str, tuple[tuple[float, float], .
     for item in rows(path, LANDMARK_COLUMNS, ","):
         if not isinstance(item, Reject):
             row = item[1]
-            xy = [float(row[c]) for c in LANDMARK_COLUMNS[1:]]
+            try:
+                xy = [float(row[c]) for c in LANDMARK_COLUMNS[1:]]
+            except ValueError:
+                continue
             out[row["NAME_ID"]] = tuple(zip(xy[0::2], xy[1::2]))
     return out
 
