@@ -22,10 +22,12 @@ import numpy as np
 from PIL import Image
 
 from fer_data import catalog, shards
-from fer_data.datasets import get_adapter
-from fer_data.faces.stage import FaceAligner, FaceConfig
+from fer_data.datasets import BadRow, get_adapter
+from fer_data.faces import align
+from fer_data.faces.stage import AlignedFace, FaceAligner, FaceConfig
 from fer_data.labels import LABEL_SPACES
 from fer_data.records import Record, Reject
+from fer_data.video import Clip
 
 SHARD_FORMAT = 1  # bump when the bytes written for the same inputs change
 
@@ -38,6 +40,17 @@ class Source:
     bytes: int
     width: int
     height: int
+    n_frames: int | None = None
+    fps: float | None = None
+
+
+@dataclass
+class Loaded:
+    """Decoded frames of one record: [1, H, W, 3] for an image, [T, H, W, 3] for a clip."""
+
+    frames: np.ndarray
+    source: Source
+    extra: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -49,27 +62,58 @@ class IngestResult:
     catalog: Path
 
 
-def load_image(rec: Record) -> tuple[np.ndarray, Source] | Reject:
-    """Read and fully decode the image behind a record to RGB; a Reject says what is wrong with it."""
-    def reject(reason: str, detail: str) -> Reject:
-        return Reject(rec.dataset, rec.source_path, "decode", reason, detail)
+def _decode_file(path: Path) -> tuple[np.ndarray, bytes]:
+    data = path.read_bytes()
+    if not data:
+        raise BadRow("empty_file", f"{path} has 0 bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB")), data
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadRow("corrupt_image", f"{path}: {err}") from None
 
+
+def load(rec: Record, segments: int) -> Loaded:
+    """Read and fully decode a record's source to RGB frames; BadRow says what is wrong with it."""
+    path = Path(rec.source_path)
     if rec.pixels is not None:
         data = np.ascontiguousarray(rec.pixels).tobytes()
         rgb = np.stack([rec.pixels] * 3, axis=-1) if rec.pixels.ndim == 2 else rec.pixels
-        return rgb, Source(hashlib.sha256(data).hexdigest(), len(data), rec.pixels.shape[1], rec.pixels.shape[0])
-    path = Path(rec.source_path)
-    if not path.is_file():
-        return reject("missing_file", f"{path} does not exist")
-    data = path.read_bytes()
-    if not data:
-        return reject("empty_file", f"{path} has 0 bytes")
+        return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {})
+    if not path.exists():
+        raise BadRow("missing_file", f"{path} does not exist")
+    if rec.kind == "image" and rec.frame_index is None:
+        rgb, data = _decode_file(path)
+        return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {})
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadRow("empty_file", f"{path} has 0 bytes")
+    start, end = rec.frame_range or (rec.frame_index or 0, rec.frame_index)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return reject("corrupt_image", f"{path}: {err}")
-    return rgb, Source(hashlib.sha256(data).hexdigest(), len(data), rgb.shape[1], rgb.shape[0])
+        clip = Clip(path, start, end)
+        if clip.n_frames == 0:
+            raise BadRow("empty_video", f"{path} has no frames in range {start}..{end}")
+        if rec.kind == "image":
+            frames, indices, short = clip.read([0]), [0], False
+        else:
+            frames, indices, short = clip.sample(segments)
+    except (ValueError, OSError, IndexError) as err:
+        raise BadRow("corrupt_video", f"{path}: {err}") from None
+    digest = hashlib.sha256()
+    if path.is_file():
+        digest.update(path.read_bytes())
+    else:
+        for frame in frames:
+            digest.update(frame.tobytes())
+    extra = {"frame_indices": [start + i for i in indices]} if rec.kind == "clip" else {}
+    if short:
+        extra["short_clip"] = True
+    size = path.stat().st_size if path.is_file() else int(frames.nbytes)
+    return Loaded(frames, Source(digest.hexdigest(), size, frames.shape[2], frames.shape[1],
+                                 clip.n_frames, clip.fps), extra)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def shard_labels(rec: Record) -> dict[str, Any]:
@@ -85,7 +129,8 @@ def shard_labels(rec: Record) -> dict[str, Any]:
 def sample_row(rec: Record, src: Source, geometry: dict[str, Any]) -> dict[str, Any]:
     """The catalog row of one record (shard filled in once its shard is complete)."""
     row = {k: v for k, v in asdict(rec).items() if k in catalog.SAMPLE_COLUMNS}
-    row.update(sha256=src.sha256, bytes=src.bytes, width=src.width, height=src.height, **geometry,
+    row.update(sha256=src.sha256, bytes=src.bytes, width=src.width, height=src.height, n_frames=src.n_frames,
+               fps=src.fps, **geometry,
                extra={**rec.extra, "aligned_source": True} if rec.aligned else rec.extra or None)
     return row
 
@@ -102,33 +147,67 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def fill_missed(frames: np.ndarray, faces: list[AlignedFace | Reject], size: int) -> list[AlignedFace] | None:
+    """Frames where the detector missed get the landmarks of the nearest frames that have them
+    (the mean of the neighbours before and after), so a clip keeps T aligned frames; None if no frame has a face."""
+    found = [i for i, f in enumerate(faces) if isinstance(f, AlignedFace) and f.geometry["landmarks"] is not None]
+    if len(found) == len(faces):
+        return faces  # type: ignore[return-value]
+    if not found:
+        return None
+    out = []
+    for i, face in enumerate(faces):
+        if isinstance(face, AlignedFace):
+            out.append(face)
+            continue
+        near = [j for j in (max((k for k in found if k < i), default=None), min((k for k in found if k > i), default=None))
+                if j is not None]
+        lm = np.mean([np.reshape(faces[j].geometry["landmarks"], (5, 2)) for j in near], axis=0)
+        crop, m = align.align(frames[i], lm, size)
+        out.append(AlignedFace(crop, {**faces[near[0]].geometry, "align_matrix": m.reshape(-1).tolist(),
+                                      "landmarks": lm.reshape(-1).tolist(), "face_score": None}))
+    return out
+
+
 class Worker:
     """Decode -> align -> encode for a batch of records; one per thread, with its own detector sessions."""
 
-    def __init__(self, faces: FaceConfig, quality: int) -> None:
+    def __init__(self, faces: FaceConfig, quality: int, segments: int) -> None:
         self.aligner = FaceAligner(faces)
+        self.size = faces.size
         self.quality = quality
+        self.segments = segments
 
     def __call__(self, batch: list[Record]) -> list[tuple[Record, dict[str, Any] | Reject]]:
-        loaded = [(rec, load_image(rec)) for rec in batch]
-        good = [(rec, got[0]) for rec, got in loaded if not isinstance(got, Reject)]
-        faces = iter(self.aligner(good))
+        loaded: list[Loaded | Reject] = []
+        for rec in batch:
+            try:
+                loaded.append(load(rec, self.segments))
+            except BadRow as err:
+                loaded.append(Reject(rec.dataset, rec.source_path, "decode", err.reason, err.detail))
+        # Every frame of the batch goes through the aligner at once: one detector batch.
+        pairs = [(rec, frame) for rec, got in zip(batch, loaded) if isinstance(got, Loaded) for frame in got.frames]
+        aligned = iter(self.aligner(pairs))
         out: list[tuple[Record, dict[str, Any] | Reject]] = []
-        for rec, got in loaded:
+        for rec, got in zip(batch, loaded):
             if isinstance(got, Reject):
                 out.append((rec, got))
                 continue
-            face = next(faces)
-            if isinstance(face, Reject):
-                out.append((rec, face))
+            faces = [next(aligned) for _ in got.frames]
+            kept = fill_missed(got.frames, faces, self.size) if rec.kind == "clip" else faces
+            if kept is None or isinstance(kept[0], Reject):
+                out.append((rec, kept[0] if kept else Reject(rec.dataset, rec.source_path, "detect", "no_face",
+                                                             "no frame of the clip has a face")))
                 continue
-            out.append((rec, {
-                "sample_id": rec.sample_id,
-                "files": {"jpg": encode_jpeg(face.crop, self.quality),
-                          "json": json.dumps(shard_labels(rec), sort_keys=True).encode()},
-                "row": sample_row(rec, got[1], face.geometry),
-                "aus": au_rows(rec),
-            }))
+            names = ["jpg"] if rec.kind == "image" else [f"{t:02d}.jpg" for t in range(len(kept))]
+            files = {name: encode_jpeg(face.crop, self.quality) for name, face in zip(names, kept)}
+            files["json"] = json.dumps(shard_labels(rec), sort_keys=True).encode()
+            centre = kept[len(kept) // 2]
+            row = sample_row(rec, got.source, centre.geometry)
+            if got.extra or rec.kind == "clip":
+                row["extra"] = {**(row["extra"] or {}), **got.extra,
+                                "missed_frames": sum(isinstance(f, Reject) for f in faces)}
+            out.append((rec, {"sample_id": rec.sample_id, "files": files, "row": row, "aus": au_rows(rec)}))
         return out
 
 
@@ -155,7 +234,7 @@ def _input_fingerprint(records: list[Record]) -> list[Any]:
 
 def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = "auto", workers: int = 2,
            size: int = 224, quality: int = 95, shard_samples: int = 1000, shard_bytes: int = 256 * 2**20,
-           batch_size: int = 16, detector_model: str | None = None,
+           batch_size: int = 16, detector_model: str | None = None, segments: int = 16,
            on_progress: Callable[[int, int], None] | None = None) -> IngestResult:
     """Raw layout -> aligned crops in WebDataset shards -> this dataset's rows in OUT/catalog.duckdb.
 
@@ -167,7 +246,8 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = 
     items = list(adapter.records(raw_root))
     records, rejects = _dedupe(items)
     params = {"detector": detector, "size": size, "quality": quality, "shard_samples": shard_samples,
-              "shard_bytes": shard_bytes, "detector_model": detector_model, "version": SHARD_FORMAT}
+              "shard_bytes": shard_bytes, "detector_model": detector_model, "segments": segments,
+              "version": SHARD_FORMAT}
     shard_dir = out / "shards" / adapter.name
     by_split: dict[str, list[Record]] = {}
     for rec in sorted(records, key=lambda r: r.sample_id):
@@ -178,7 +258,7 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = 
 
     def work(batch: list[Record]) -> list:
         if not hasattr(local, "worker"):
-            local.worker = Worker(faces, quality)
+            local.worker = Worker(faces, quality, segments)
         return local.worker(batch)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -17,7 +17,7 @@ class Record:
     sample_id: str
     dataset: str
     split: str
-    source_path: str  # absolute path; "FILE#row=N" when the image lives inside a label file
+    source_path: str  # absolute path (image, video file or frame folder); "FILE#row=N" inside a label file
     kind: str = "image"  # image | clip
     subject: str | None = None
     emotion: int | None = None
@@ -33,6 +33,8 @@ class Record:
     landmarks: tuple[tuple[float, float], ...] | None = None  # 5 points, ArcFace order
     aligned: bool = False  # the source image is already an aligned face crop
     pixels: np.ndarray | None = None  # decoded image carried inside a label file (FER2013)
+    frame_index: int | None = None  # image sample that is one frame of the video at source_path (DISFA)
+    frame_range: tuple[int, int] | None = None  # clip: inclusive frame range of the video/folder (CASME II)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

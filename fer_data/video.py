@@ -1,0 +1,101 @@
+"""Video frames: decord (PyAV fallback) for video files, numerically sorted folders for frame releases,
+and TSN sampling of T segment centres.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FRAME_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def _number(path: Path) -> tuple[int, str]:
+    """Sort key of a frame file: the last integer in its name (img2 < img10), then the name."""
+    nums = re.findall(r"\d+", path.stem)
+    return (int(nums[-1]) if nums else -1, path.name)
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The frames of a frame-folder release, numerically sorted (00001.jpg, img46.jpg, ...)."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=_number)
+
+
+def tsn_indices(n_frames: int, segments: int) -> list[int]:
+    """Centres of `segments` equal segments over `n_frames` (TSN test-time sampling).
+
+    Fewer frames than segments repeat frames, in order; the caller flags such clips.
+    """
+    if n_frames <= 0:
+        raise ValueError("no frames")
+    return [min(n_frames - 1, int((i + 0.5) * n_frames / segments)) for i in range(segments)]
+
+
+@dataclass
+class Clip:
+    """A readable frame source: a video file or a frame folder, optionally a [start, end] sub-range."""
+
+    path: Path
+    start: int = 0
+    end: int | None = None  # inclusive; None = last frame
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self._files = frame_files(self.path) if self.path.is_dir() else None
+        self._reader = None
+        if self._files is None:
+            self._total, self.fps = self._open_video()
+        else:
+            self._total, self.fps = len(self._files), None
+        last = self._total - 1 if self.end is None else min(self.end, self._total - 1)
+        self.n_frames = max(0, last - self.start + 1)
+
+    def _open_video(self) -> tuple[int, float | None]:
+        try:
+            from decord import VideoReader, cpu
+
+            self._reader = VideoReader(str(self.path), ctx=cpu(0), num_threads=1)
+            return len(self._reader), float(self._reader.get_avg_fps())
+        except ImportError:
+            pass
+        except Exception as err:  # decord raises its own DECORDError for unreadable files
+            raise ValueError(f"{self.path}: unreadable video ({err})") from err
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                frames = sum(1 for _ in container.decode(stream))
+                rate = stream.average_rate
+                return frames, float(rate) if rate else None
+        except (av.error.FFmpegError, IndexError) as err:
+            raise ValueError(f"{self.path}: unreadable video ({err})") from err
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """RGB frames [len(indices), H, W, 3] at clip-relative indices."""
+        absolute = [self.start + i for i in indices]
+        if self._files is not None:
+            return np.stack([np.asarray(Image.open(self._files[i]).convert("RGB")) for i in absolute])
+        if self._reader is not None:
+            return self._reader.get_batch(absolute).asnumpy()
+        import av
+
+        wanted = set(absolute)
+        got: dict[int, np.ndarray] = {}
+        with av.open(str(self.path)) as container:
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= max(absolute):
+                    break
+        return np.stack([got[i] for i in absolute])
+
+    def sample(self, segments: int) -> tuple[np.ndarray, list[int], bool]:
+        """TSN segment centres: (frames [T, H, W, 3], clip-relative indices, short = fewer frames than T)."""
+        indices = tsn_indices(self.n_frames, segments)
+        return self.read(indices), indices, self.n_frames < segments
