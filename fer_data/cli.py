@@ -177,6 +177,25 @@ def stats(
                         title=title, fmt=format)
 
 
+@app.command()
+def audit(
+    catalog: Annotated[Path, typer.Option(help="catalog file")] = DEFAULT_CATALOG,
+    max_distance: Annotated[int, typer.Option(help="pHash bits two near-duplicates may differ in")] = 4,
+) -> None:
+    """Near-duplicate crops (perceptual hash): `duplicates` table, and groups crossing datasets or splits."""
+    from fer_data.audit import audit as run_audit
+    from fer_data.catalog import query as run_query
+
+    if not catalog.exists():
+        fail(f"no catalog at {catalog}: run `fer ingest` first")
+    result = run_audit(catalog, max_distance)
+    console.print(f"hashed {result.n_hashed} crops: {result.n_groups} near-duplicate groups, "
+                  f"{result.n_cross_dataset} across datasets, {result.n_cross_split} across splits")
+    leaks = run_query(catalog, "SELECT group_id, n, where_found, samples FROM leakage LIMIT 20")
+    if len(leaks):
+        print_frame(leaks.astype(str), title="groups crossing datasets or splits (first 20; SELECT * FROM leakage)")
+
+
 @app.command("sample-data")
 def sample_data(
     out: Annotated[Path, typer.Argument(help="folder for the raw sample datasets")],
