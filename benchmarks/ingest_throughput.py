@@ -1,0 +1,99 @@
+"""Ingest throughput beside the bare loop on the same files, in the same run; prints one JSON line.
+
+Three cases: in-the-wild images (decode + CenterFace detect), pre-aligned images (decode only),
+frame-folder clips (decode T sampled frames + detect). The pipeline number includes everything
+it does beyond the bare loop: alignment, JPEG encoding, shard writing, the catalog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+from PIL import Image
+
+from fer_data.faces.detectors import CenterFaceDetector
+from fer_data.ingest import ingest
+from fer_data.video import Clip
+
+
+def make_faces(root: Path, n: int, size: int, clip_frames: int = 0) -> list[Path]:
+    """imagefolder layout of `n` jittered real face photos (or frame folders of `clip_frames`)."""
+    photo = skimage.data.astronaut()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        folder = root / ("happy" if i % 2 else "sad")
+        frames = []
+        for f in range(max(1, clip_frames)):
+            dx, dy = rng.integers(-40, 41, 2)
+            crop = photo[max(0, 10 + dy):330 + dy, max(0, 60 + dx):380 + dx]
+            frames.append(Image.fromarray(crop).resize((size, size)))
+        if clip_frames:
+            clip = folder / f"{i:05d}"
+            clip.mkdir(parents=True, exist_ok=True)
+            for f, im in enumerate(frames):
+                im.save(clip / f"{f + 1:05d}.jpg", quality=90)
+            paths.append(clip)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            frames[0].save(folder / f"{i:05d}.jpg", quality=90)
+            paths.append(folder / f"{i:05d}.jpg")
+    return paths
+
+
+def bare(paths: list[Path], detect: bool, segments: int = 0, batch: int = 16) -> float:
+    """Seconds for the plain loop: decode (T sampled frames for clips) and, if asked, detect in batches."""
+    detector = CenterFaceDetector(threads=os.cpu_count() or 1) if detect else None
+    start = time.perf_counter()
+    pending: list[np.ndarray] = []
+    for p in paths:
+        frames = Clip(p).sample(segments)[0] if segments else [np.asarray(Image.open(p).convert("RGB"))]
+        pending.extend(frames)
+        if detector and len(pending) >= batch:
+            detector(pending)
+            pending = []
+    if detector and pending:
+        detector(pending)
+    return time.perf_counter() - start
+
+
+def pipeline(root: Path, out: Path, detector: str, workers: int, segments: int) -> float:
+    start = time.perf_counter()
+    ingest("imagefolder", root, out, detector=detector, workers=workers, segments=segments)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    results = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "workers": args.workers}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cases = {
+            "images_detect": (make_faces(tmp / "wild", args.images, 256), "centerface", True, 0, args.images),
+            "images_aligned": (make_faces(tmp / "aligned", args.images, 224), "none", False, 0, args.images),
+            "clips_detect": (make_faces(tmp / "clips", args.clips, 256, clip_frames=24), "centerface", True, 16,
+                             args.clips),
+        }
+        for name, (paths, detector, detect, segments, n) in cases.items():
+            root = paths[0].parent.parent
+            t_bare = bare(paths, detect, segments)
+            t_pipe = pipeline(root, tmp / f"out_{name}", detector, args.workers, segments or 16)
+            results[name] = {"n": n, "bare_per_s": round(n / t_bare, 1), "pipeline_per_s": round(n / t_pipe, 1),
+                             "ratio": round(t_bare / t_pipe, 2), "goal": 0.8}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
