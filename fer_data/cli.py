@@ -209,5 +209,9 @@ def sample_data(
         console.print(f"{name:12s} {root}")
 
 
+from fer_models.cli import register as register_training  # noqa: E402  (training commands, lazy imports)
+
+register_training(app)
+
 if __name__ == "__main__":
     app()

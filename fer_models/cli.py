@@ -1,0 +1,73 @@
+"""`fer train`, `fer evaluate`, `fer model-info`: the training commands, registered on the `fer` app."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a setting: key=value (repeatable)")]
+ParamsOption = Annotated[Path, typer.Option(help="params file whose `train:` section holds the defaults")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        method: Annotated[str, typer.Argument(help="multitask | cafe | ...")],
+        params: ParamsOption = Path("params.yaml"),
+        set_: SetOption = None,
+    ) -> None:
+        """Train a method on shards selected from the catalog; writes OUT/metrics.json, plots, checkpoints."""
+        from fer_models.config import TrainConfig
+        from fer_models.train import train as run_train
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
+        metrics = run_train(cfg)
+        typer.echo(json.dumps(metrics, indent=2))
+
+    @app.command()
+    def evaluate(
+        run: Annotated[Path, typer.Argument(help="a training run folder (has config.json and best.pt)")],
+        where: Annotated[str | None, typer.Option(help="SQL selection to evaluate on (default: the run's test)")] = None,
+        out: Annotated[Path | None, typer.Option(help="folder for metrics.json and plots (default: RUN/eval)")] = None,
+    ) -> None:
+        """Evaluate a trained run on a selection (e.g. another dataset, for cross-dataset tables)."""
+        import torch
+
+        from fer_data.loaders import select
+        from fer_models.config import TrainConfig
+        from fer_models.evaluate import evaluate as run_evaluate
+        from fer_models.evaluate import write_report
+        from fer_models.methods import build_method
+        from fer_models.train import BEST, load_state, pick_device
+
+        cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+        device = pick_device(cfg.device)
+        model = build_method(cfg).to(device)
+        load_state(model, torch.load(run / BEST, map_location="cpu", weights_only=True))
+        urls, ids = select(cfg.catalog, where or cfg.test_where)
+        result = run_evaluate(model, urls, ids, cfg, device)
+        write_report(result, out or run / "eval")
+        typer.echo(json.dumps(result.metrics, indent=2))
+
+    @app.command("model-info")
+    def model_info(
+        method: Annotated[str, typer.Argument(help="multitask | cafe | ...")],
+        params: ParamsOption = Path("params.yaml"),
+        set_: SetOption = None,
+    ) -> None:
+        """One JSON object: method, backbone, trainable_params, total_params, trainable_fraction."""
+        from fer_models.config import TrainConfig
+        from fer_models.methods import build_method
+
+        cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
+        model = build_method(cfg)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        typer.echo(json.dumps({"method": method, "backbone": cfg.backbone, "peft": cfg.peft, "rank": cfg.rank,
+                               "trainable_params": trainable, "total_params": total,
+                               "trainable_fraction": trainable / total}))

@@ -1,0 +1,115 @@
+"""Evaluation: run a method over a selection, compute each task's metrics, write JSON and plots
+(confusion matrices as CSV for `dvc plots` and as PNG, so they are viewable offline)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fer_data.labels import LABEL_SPACES
+from fer_data.loaders import make_loader
+from fer_models.config import TrainConfig
+from fer_models.methods import NUM_CLASSES, Method
+from fer_models.metrics import confusion_matrix, summarize
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    y_true: dict[str, np.ndarray] = field(default_factory=dict)
+    y_score: dict[str, np.ndarray] = field(default_factory=dict)
+    sample_ids: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, device: torch.device) -> EvalResult:
+    model.eval()
+    tasks = model.tasks
+    loader = make_loader(urls, [t for t in tasks if t != "au"] + (["au"] if cfg.aus else []), cfg.batch_size,
+                         train=False, num_workers=cfg.num_workers, aus=cfg.aus, sample_ids=ids)
+    scores: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    sample_ids: list[str] = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for images, targets in loader:
+        with autocast:
+            out = model.scores(model(images.to(device)))
+        for t in tasks:
+            scores[t].append(out[t].float().cpu().numpy())
+            y = targets[t].numpy()
+            if t == "au":
+                y = np.where(targets["au_mask"].numpy() > 0, y, -1)
+            truth[t].append(y)
+        sample_ids.extend(targets["sample_id"])
+    y_true = {t: np.concatenate(truth[t]) for t in tasks}
+    y_score = {t: np.concatenate(scores[t]) for t in tasks}
+    metrics: dict[str, Any] = {"n_samples": len(sample_ids)}
+    for t in tasks:
+        if t in NUM_CLASSES:  # labels beyond the head (contempt for a 7-way head) are not scored
+            y_true[t] = np.where(y_true[t] >= NUM_CLASSES[t], -100, y_true[t])
+        for k, v in summarize(t, y_true[t], y_score[t], threshold=0.0).items():
+            metrics[f"{t}/{k}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    return EvalResult(metrics, y_true, y_score, sample_ids)
+
+
+def _plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(names), 1 + 0.6 * len(names)))
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h if k != "epoch" and "images_per_s" not in k})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in keys:
+        ax.plot([h["epoch"] for h in history if k in h], [h[k] for h in history if k in h], marker="o", label=k)
+    ax.set(xlabel="epoch", title="training curves")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(result: EvalResult, out: Path, history: list[dict[str, Any]] | None = None) -> None:
+    """metrics.json, per class task a confusion CSV (dvc plots) and PNG, the training curves PNG."""
+    out = Path(out)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    for task, y in result.y_true.items():
+        if task not in NUM_CLASSES:
+            continue
+        names = list(LABEL_SPACES[task][: NUM_CLASSES[task]])
+        pred = result.y_score[task].argmax(axis=1)
+        keep = y >= 0
+        rows = ["actual,predicted"] + [f"{names[a]},{names[p]}" for a, p in zip(y[keep], pred[keep])]
+        (plots / f"confusion_{task}.csv").write_text("\n".join(rows) + "\n")
+        _plot_confusion(confusion_matrix(y, pred, NUM_CLASSES[task]), names, plots / f"confusion_{task}.png", task)
+    if history:
+        _plot_curves(history, plots / "training_curves.png")

@@ -1,0 +1,179 @@
+"""One trainer for every method: shards selected by SQL, AdamW with warm-up + cosine, gradient
+accumulation, bf16 autocast on GPU (fp32 on CPU), checkpoint/resume, dvclive, early stopping.
+
+Every epoch reseeds from (seed, epoch), and its loader shuffles with the same pair, so a run
+resumed from an epoch checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_data.loaders import make_loader, select
+from fer_models.config import TrainConfig
+from fer_models.evaluate import evaluate, write_report
+from fer_models.methods import Method, build_method
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def saved_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: trainable parameters and buffers outside the frozen backbone."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            if k in trainable or not k.startswith("backbone.") or "lora_" in k}
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint has keys this model lacks: {unexpected[:5]}")
+
+
+def cosine_with_warmup(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class Split:
+    urls: list[str]
+    ids: set[str]
+
+
+def _split(cfg: TrainConfig, where: str) -> Split | None:
+    try:
+        urls, ids = select(cfg.catalog, where)
+    except ValueError:
+        return None
+    return Split(urls, ids)
+
+
+def primary_metric(metrics: dict[str, Any]) -> float:
+    """The number early stopping and best-checkpoint selection watch: mean of each task's headline."""
+    heads = [v for k, v in metrics.items() if k.split("/")[-1] in ("uar", "accuracy", "f1_mean") and v is not None]
+    return float(np.mean(heads)) if heads else -math.inf
+
+
+def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Train `cfg.method`; returns the test metrics. `stop_after_epoch` simulates an interruption (tests)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model: Method = build_method(cfg).to(device)
+    data = {name: _split(cfg, where) for name, where in
+            (("train", cfg.train_where), ("val", cfg.val_where), ("test", cfg.test_where))}
+    if data["train"] is None:
+        raise ValueError(f"no training samples in {cfg.catalog} match: {cfg.train_where}")
+    epoch_samples = cfg.epoch_samples or len(data["train"].ids)
+    steps_per_epoch = math.ceil(math.ceil(epoch_samples / cfg.batch_size) / cfg.grad_accum)
+    optimizer = torch.optim.AdamW(model.param_groups(cfg), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(steps_per_epoch * cfg.epochs, cfg.warmup_fraction))
+    state = {"epoch": 0, "best": -math.inf, "stale": 0, "history": []}
+    if (out / CHECKPOINT).exists():
+        ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        load_state(model, ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        log.warning("resuming %s from epoch %d", out, state["epoch"])
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    from dvclive import Live
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with Live(str(out / "dvclive"), resume=state["epoch"] > 0, dvcyaml=None, save_dvc_exp=False) as live:
+        for epoch in range(state["epoch"], cfg.epochs):
+            seed_everything(cfg.seed * 1000 + epoch)
+            model.train()
+            loader = make_loader(data["train"].urls, model.tasks + (["au"] if cfg.aus else []), cfg.batch_size,
+                                 train=True, num_workers=cfg.num_workers, aus=cfg.aus, epoch_samples=epoch_samples,
+                                 sample_ids=data["train"].ids, seed=cfg.seed * 1000 + epoch)
+            totals: dict[str, float] = {}
+            n_batches, n_images, started = 0, 0, time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            for i, (images, targets) in enumerate(loader):
+                images = images.to(device, non_blocking=True)
+                targets = {k: v.to(device) for k, v in targets.items() if torch.is_tensor(v)}
+                with autocast:
+                    outputs = model(images)
+                    loss, parts = model.loss(outputs, targets)
+                (loss / cfg.grad_accum).backward()
+                if (i + 1) % cfg.grad_accum == 0:
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n_batches += 1
+                n_images += len(images)
+            if n_batches % cfg.grad_accum:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            logs = {f"train/{k}": v / max(1, n_batches) for k, v in totals.items()}
+            logs["train/images_per_s"] = n_images / (time.perf_counter() - started)
+            if data["val"] is not None:
+                val = evaluate(model, data["val"].urls, data["val"].ids, cfg, device)
+                logs.update({f"val/{k}": v for k, v in val.metrics.items() if isinstance(v, float)})
+                score = primary_metric(val.metrics)
+            else:
+                score = -logs["train/loss"]
+            for k, v in logs.items():
+                if v is not None and math.isfinite(v):
+                    live.log_metric(k, v)
+            live.next_step()
+            improved = score > state["best"]
+            state.update(epoch=epoch + 1, best=max(score, state["best"]), stale=0 if improved else state["stale"] + 1)
+            state["history"].append({"epoch": epoch + 1, **logs})
+            if improved:
+                torch.save(saved_state(model), out / BEST)
+            torch.save({"model": saved_state(model), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "state": state}, out / CHECKPOINT)
+            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in logs.items()})
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                return {}
+            if cfg.early_stop_patience and state["stale"] >= cfg.early_stop_patience:
+                log.warning("early stop after epoch %d (%d epochs without val improvement)", epoch + 1, state["stale"])
+                break
+    load_state(model, torch.load(out / BEST, map_location="cpu", weights_only=True))
+    test = data["test"] or data["val"]
+    if test is None:
+        raise ValueError(f"no test or val samples in {cfg.catalog} match {cfg.test_where!r} or {cfg.val_where!r}")
+    result = evaluate(model, test.urls, test.ids, cfg, device)
+    write_report(result, out, history=state["history"])
+    return result.metrics
