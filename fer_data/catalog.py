@@ -7,6 +7,7 @@ AUs are rare in BP4D fold 1?") is one SQL query over these tables and views.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -244,8 +245,13 @@ def merge(parts: Iterable[str | Path], dest: str | Path) -> list[str]:
     DVC runs one ingest stage per dataset, each with its own catalog file; this joins them.
     """
     merged = []
+    dest = Path(dest)
     with connect(dest) as con:
         for part in parts:
+            # Shard paths are relative to their catalog's folder: re-base them on dest's folder.
+            prefix = Path(os.path.relpath(Path(part).resolve().parent, dest.resolve().parent)).as_posix() + "/"
+            prefix = "" if prefix == "./" else prefix
+            rebase = {"samples": "* REPLACE (? || shard AS shard)", "shards": "* REPLACE (? || path AS path)"}
             con.execute(f"ATTACH '{Path(part)}' AS part (READ_ONLY)")
             try:
                 for (dataset,) in con.execute("SELECT dataset FROM part.ingests ORDER BY dataset").fetchall():
@@ -253,7 +259,9 @@ def merge(parts: Iterable[str | Path], dest: str | Path) -> list[str]:
                         con.execute("INSERT INTO au_labels SELECT a.* FROM part.au_labels a "
                                     "JOIN part.samples s USING (sample_id) WHERE s.dataset = ?", [dataset])
                         for table in ("samples", "rejects", "shards", "ingests"):
-                            con.execute(f"INSERT INTO {table} SELECT * FROM part.{table} WHERE dataset = ?", [dataset])
+                            columns = rebase.get(table, "*")
+                            args = [prefix, dataset] if table in rebase else [dataset]
+                            con.execute(f"INSERT INTO {table} SELECT {columns} FROM part.{table} WHERE dataset = ?", args)
 
                     _swap(con, dataset, fill)
                     merged.append(dataset)

@@ -91,11 +91,18 @@ def test_failed_swap_keeps_previous_rows(db: Path) -> None:
 
 
 def test_merge_and_parquet_partitions(db: Path, tmp_path: Path) -> None:
-    part = tmp_path / "part.duckdb"
-    catalog.replace_dataset(part, rows("fairface", [sample("f7", "fairface", gender=1)], rejects=1))
+    part = tmp_path / "ingest" / "fairface" / "catalog.duckdb"
+    part_rows = rows("fairface", [sample("f7", "fairface", gender=1, shard="shards/fairface/train-00000.tar")],
+                     rejects=1)
+    part_rows.shards = [{"path": "shards/fairface/train-00000.tar", "dataset": "fairface", "split": "train",
+                         "n_samples": 1, "bytes": 10, "sha256": "0" * 64, "fingerprint": "f"}]
+    catalog.replace_dataset(part, part_rows)
     merged = catalog.merge([part], db)
     assert merged == ["fairface"]
-    assert q(db, "SELECT sample_id FROM samples WHERE dataset = 'fairface'").sample_id.tolist() == ["f7"]
+    # shard paths are re-based from the part's folder onto the merged catalog's folder
+    assert q(db, "SELECT sample_id, shard FROM samples WHERE dataset = 'fairface'").values.tolist() == [
+        ["f7", "ingest/fairface/shards/fairface/train-00000.tar"]]
+    assert q(db, "SELECT path FROM shards").path.tolist() == ["ingest/fairface/shards/fairface/train-00000.tar"]
     assert q(db, "SELECT count(*) AS n FROM samples").n[0] == 4 + 1 + 3
     out = catalog.export_parquet(db, tmp_path / "export")
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["dataset=affectnet", "dataset=bp4d", "dataset=fairface"]
