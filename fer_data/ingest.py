@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -232,82 +233,141 @@ def _input_fingerprint(records: list[Record]) -> list[Any]:
             for r in records]
 
 
-def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = "auto", workers: int = 2,
-           size: int = 224, quality: int = 95, shard_samples: int = 1000, shard_bytes: int = 256 * 2**20,
-           batch_size: int = 16, detector_model: str | None = None, segments: int = 16,
-           on_progress: Callable[[int, int], None] | None = None) -> IngestResult:
-    """Raw layout -> aligned crops in WebDataset shards -> this dataset's rows in OUT/catalog.duckdb.
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides the inputs that decides the shards' bytes (and so their fingerprint)."""
 
-    Resumable: shards completed by an earlier, interrupted run with the same fingerprint are kept.
+    detector: str = "auto"
+    size: int = 224
+    quality: int = 95
+    shard_samples: int = 1000
+    shard_bytes: int = 256 * 2**20
+    batch_size: int = 16
+    detector_model: str | None = None
+    segments: int = 16
+
+    def params(self) -> dict[str, Any]:
+        return {**asdict(self), "version": SHARD_FORMAT}
+
+
+_local = threading.local()
+
+
+def process_batch(settings: Settings, batch: list[Record]) -> list[tuple[Record, dict[str, Any] | Reject]]:
+    """Decode, align and encode a batch; wherever it runs (a thread, a Dask worker) it keeps one Worker,
+    so one detector session, per thread."""
+    cache = getattr(_local, "workers", None)
+    if cache is None:
+        cache = _local.workers = {}
+    if settings not in cache:
+        faces = FaceConfig(detector=settings.detector, size=settings.size, model_path=settings.detector_model)
+        cache[settings] = Worker(faces, settings.quality, settings.segments)
+    return cache[settings](batch)
+
+
+class IngestJob:
+    """One ingest of one dataset, in steps an orchestrator can drive: `batches(split)` to process
+    anywhere, `write(split, results)` in order, `close(split)`, then `finish()` for the catalog.
+
+    Resumable: shards completed by an earlier, interrupted run with the same fingerprint are kept,
+    and their records are not handed out again.
     """
-    faces = FaceConfig(detector=detector, size=size, model_path=detector_model)
-    adapter = get_adapter(dataset)
-    out = Path(out)
-    items = list(adapter.records(raw_root))
-    records, rejects = _dedupe(items)
-    params = {"detector": detector, "size": size, "quality": quality, "shard_samples": shard_samples,
-              "shard_bytes": shard_bytes, "detector_model": detector_model, "segments": segments,
-              "version": SHARD_FORMAT}
-    shard_dir = out / "shards" / adapter.name
-    by_split: dict[str, list[Record]] = {}
-    for rec in sorted(records, key=lambda r: r.sample_id):
-        by_split.setdefault(rec.split, []).append(rec)
-    done_count = 0
-    writers = {}
-    local = threading.local()
 
-    def work(batch: list[Record]) -> list:
-        if not hasattr(local, "worker"):
-            local.worker = Worker(faces, quality, segments)
-        return local.worker(batch)
+    def __init__(self, dataset: str, raw_root: str | Path, out: str | Path, settings: Settings = Settings()) -> None:
+        FaceConfig(detector=settings.detector, size=settings.size)  # validate before reading anything
+        self.adapter = get_adapter(dataset)
+        self.raw_root = Path(raw_root)
+        self.out = Path(out)
+        self.settings = settings
+        self.items = list(self.adapter.records(raw_root))
+        records, self.rejects = _dedupe(self.items)
+        self.by_split: dict[str, list[Record]] = {}
+        for rec in sorted(records, key=lambda r: r.sample_id):
+            self.by_split.setdefault(rec.split, []).append(rec)
+        self.shard_dir = self.out / "shards" / self.adapter.name
+        self.writers: dict[str, shards.ShardWriter] = {}
+        self.n_records = len(records)
+        self.n_done = 0
 
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.by_split)
+
+    def batches(self, split: str) -> list[list[Record]]:
+        """The records of `split` not yet in complete shards, in batches, in shard order."""
+        recs = self.by_split[split]
+        fp = shards.fingerprint(self.settings.params(), _input_fingerprint(recs))
+        writer = self.writers[split] = shards.ShardWriter(self.shard_dir, split, fp, self.settings.shard_samples,
+                                                          self.settings.shard_bytes)
+        done = writer.processed_ids
+        todo = [r for r in recs if r.sample_id not in done]
+        self.n_done += len(recs) - len(todo)
+        size = self.settings.batch_size
+        return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+    def write(self, split: str, results: list[tuple[Record, dict[str, Any] | Reject]]) -> None:
+        writer = self.writers[split]
+        for rec, res in results:
+            if isinstance(res, Reject):
+                writer.carry({"sample_id": rec.sample_id, "reject": asdict(res)})
+            else:
+                writer.add(shards.sample_key(rec.sample_id), res["files"], {k: v for k, v in res.items() if k != "files"})
+        self.n_done += len(results)
+
+    def close(self, split: str) -> None:
+        self.writers[split].close()
+
+    def finish(self) -> IngestResult:
+        """Catalog rows from the complete shards' stats, `_info.json`, and the atomic catalog swap."""
+        name = self.adapter.name
+        samples, aus, shard_rows, info_splits = [], [], [], {}
+        rejects = list(self.rejects)
+        for split, writer in sorted(self.writers.items()):
+            info_splits[split] = {"n_samples": 0, "shards": []}
+            for stats in writer.done:
+                rel = None if stats["shard"] is None else f"shards/{name}/{stats['shard']}"
+                for item in stats["samples"]:
+                    samples.append({**item["row"], "shard": rel})
+                    aus.extend(item["aus"])
+                rejects.extend(Reject(**c["reject"]) for c in stats["carried"])
+                if rel:
+                    shard_rows.append({"path": rel, "dataset": name, "split": split, "n_samples": stats["n_samples"],
+                                       "bytes": stats["bytes"], "sha256": stats["sha256"],
+                                       "fingerprint": stats["fingerprint"]})
+                    info_splits[split]["n_samples"] += stats["n_samples"]
+                    info_splits[split]["shards"].append(stats["shard"])
+        if len(samples) + len(rejects) != len(self.items):
+            raise AssertionError(f"{name}: {len(self.items)} rows read but {len(samples)} samples + "
+                                 f"{len(rejects)} rejects")
+        params = self.settings.params()
+        shards.write_info(self.shard_dir, {
+            "dataset": name, "splits": info_splits, "params": params,
+            "fingerprint": shards.fingerprint(params, [s["fingerprint"] for s in shard_rows]),
+            "label_spaces": LABEL_SPACES, "kind": self.adapter.kind,
+        })
+        path = self.out / "catalog.duckdb"
+        catalog.replace_dataset(path, catalog.DatasetRows(
+            dataset=name, raw_root=str(self.raw_root.resolve()), samples=samples, au_labels=aus,
+            rejects=[asdict(r) for r in rejects], shards=shard_rows, rows_read=len(self.items), params=params,
+        ))
+        catalog.export_parquet(path, self.out / "catalog")
+        return IngestResult(name, len(self.items), len(samples), len(rejects), path)
+
+
+def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = "auto", workers: int = 2,
+           on_progress: Callable[[int, int], None] | None = None, **settings: Any) -> IngestResult:
+    """Raw layout -> aligned crops in WebDataset shards -> this dataset's rows in OUT/catalog.duckdb,
+    with `workers` threads (see flows.ingest for the same job on Prefect task runners, Dask included)."""
+    job = IngestJob(dataset, raw_root, out, Settings(detector=detector, **settings))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for split, recs in sorted(by_split.items()):
-            fp = shards.fingerprint(params, _input_fingerprint(recs))
-            writer = writers[split] = shards.ShardWriter(shard_dir, split, fp, shard_samples, shard_bytes)
-            done = writer.processed_ids
-            todo = [r for r in recs if r.sample_id not in done]
-            done_count += len(recs) - len(todo)
-            batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-            for results in _ordered(pool, work, batches, window=2 * max(1, workers)):
-                for rec, res in results:
-                    if isinstance(res, Reject):
-                        writer.carry({"sample_id": rec.sample_id, "reject": asdict(res)})
-                    else:
-                        writer.add(shards.sample_key(rec.sample_id), res.pop("files"), res)
-                done_count += len(results)
+        for split in job.splits:
+            batches = job.batches(split)
+            for results in _ordered(pool, partial(process_batch, job.settings), batches, window=2 * max(1, workers)):
+                job.write(split, results)
                 if on_progress:
-                    on_progress(done_count, len(records))
-            writer.close()
-
-    samples, aus, shard_rows, info_splits = [], [], [], {}
-    for split, writer in sorted(writers.items()):
-        info_splits[split] = {"n_samples": 0, "shards": []}
-        for stats in writer.done:
-            rel = None if stats["shard"] is None else f"shards/{adapter.name}/{stats['shard']}"
-            for item in stats["samples"]:
-                samples.append({**item["row"], "shard": rel})
-                aus.extend(item["aus"])
-            rejects.extend(Reject(**c["reject"]) for c in stats["carried"])
-            if rel:
-                shard_rows.append({"path": rel, "dataset": adapter.name, "split": split, "n_samples": stats["n_samples"],
-                                   "bytes": stats["bytes"], "sha256": stats["sha256"], "fingerprint": stats["fingerprint"]})
-                info_splits[split]["n_samples"] += stats["n_samples"]
-                info_splits[split]["shards"].append(stats["shard"])
-    if len(samples) + len(rejects) != len(items):
-        raise AssertionError(f"{dataset}: {len(items)} rows read but {len(samples)} samples + {len(rejects)} rejects")
-    shards.write_info(shard_dir, {
-        "dataset": adapter.name, "splits": info_splits, "params": params,
-        "fingerprint": shards.fingerprint(params, [s["fingerprint"] for s in shard_rows]),
-        "label_spaces": LABEL_SPACES, "kind": adapter.kind,
-    })
-    path = out / "catalog.duckdb"
-    catalog.replace_dataset(path, catalog.DatasetRows(
-        dataset=adapter.name, raw_root=str(Path(raw_root).resolve()), samples=samples, au_labels=aus,
-        rejects=[asdict(r) for r in rejects], shards=shard_rows, rows_read=len(items), params=params,
-    ))
-    catalog.export_parquet(path, out / "catalog")
-    return IngestResult(adapter.name, len(items), len(samples), len(rejects), path)
+                    on_progress(job.n_done, job.n_records)
+            job.close(split)
+    return job.finish()
 
 
 def _dedupe(items: Iterable[Record | Reject]) -> tuple[list[Record], list[Reject]]:
