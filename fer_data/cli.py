@@ -88,23 +88,34 @@ def ingest(
     shard_samples: Annotated[int, typer.Option(help="samples per shard at most")] = 1000,
     shard_mb: Annotated[int, typer.Option(help="MiB per shard at most")] = 256,
     workers: Annotated[int, typer.Option(help="worker threads, each with its own detector session")] = 2,
+    runner: Annotated[str, typer.Option(help="prefect task runner: local | dask | none (plain threads, no Prefect)")]
+    = "local",
+    address: Annotated[str | None, typer.Option(help="Dask scheduler for --runner dask, tcp://HOST:PORT")] = None,
 ) -> None:
-    """Read a raw dataset, align its faces into shards and replace its rows in the catalog."""
+    """Read a raw dataset, align its faces into shards and replace its rows in the catalog (a Prefect flow run)."""
     from fer_data.datasets import LayoutError
-    from fer_data.ingest import ingest as run_ingest
 
-    with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("ingest", total=None)
-        try:
-            result = run_ingest(dataset, raw_root, out, detector.value, workers, size=size,
-                                shard_samples=shard_samples, shard_bytes=shard_mb * 2**20,
-                                detector_model=detector_model,
-                                on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-        except (LayoutError, KeyError, ValueError, FileNotFoundError) as err:
-            fail(str(err).strip('"'))
-    console.print(f"[green]{result.dataset}[/]: {result.rows_read} rows read = {result.n_samples} samples "
-                  f"+ {result.n_rejects} rejects -> {result.catalog}")
+    options = dict(detector=detector.value, size=size, shard_samples=shard_samples, shard_bytes=shard_mb * 2**20,
+                   detector_model=detector_model)
+    try:
+        if runner == "none":
+            from fer_data.ingest import ingest as run_ingest
+
+            with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, transient=True) as progress:
+                task = progress.add_task("ingest", total=None)
+                result = run_ingest(dataset, raw_root, out, workers=workers, **options,
+                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+            summary = result.__dict__
+        else:
+            from flows.ingest import run_ingest as run_flow
+
+            options["shard_mb"] = options.pop("shard_bytes") // 2**20
+            summary = run_flow(dataset, raw_root, out, runner=runner, address=address, workers=workers, **options)
+    except (LayoutError, KeyError, ValueError, FileNotFoundError) as err:
+        fail(str(err).strip('"'))
+    console.print(f"[green]{summary['dataset']}[/]: {summary['rows_read']} rows read = {summary['n_samples']} samples "
+                  f"+ {summary['n_rejects']} rejects -> {summary['catalog']}")
 
 
 @app.command()

@@ -28,7 +28,7 @@ def test_datasets_lists_every_adapter_with_tasks() -> None:
 
 def test_ingest_sql_stats(rafdb_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = invoke("ingest", "rafdb", rafdb_root, "--out", out)
+    result = invoke("ingest", "rafdb", rafdb_root, "--out", out, "--runner", "none")
     assert result.exit_code == 0, result.output
     assert "4 rows read = 4 samples + 0 rejects" in result.output
     db = out / "catalog.duckdb"
@@ -46,9 +46,9 @@ def test_ingest_sql_stats(rafdb_root: Path, tmp_path: Path) -> None:
 
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:
-    missing = invoke("ingest", "rafdb", tmp_path, "--out", tmp_path / "out")
+    missing = invoke("ingest", "rafdb", tmp_path, "--out", tmp_path / "out", "--runner", "none")
     assert missing.exit_code == 2 and "list_patition_label.txt" in missing.output
-    unknown = invoke("ingest", "nosuch", tmp_path)
+    unknown = invoke("ingest", "nosuch", tmp_path, "--runner", "none")
     assert unknown.exit_code == 2 and "unknown dataset 'nosuch'" in unknown.output
     bad_sql = invoke("sql", "SELECT nope FROM samples", "--catalog", tmp_path / "none.duckdb")
     assert bad_sql.exit_code == 2 and "no catalog" in bad_sql.output
