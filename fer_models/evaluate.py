@@ -101,7 +101,8 @@ def write_report(result: EvalResult, out: Path, history: list[dict[str, Any]] | 
     out = Path(out)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
     plots = out / "plots"
-    plots.mkdir(exist_ok=True)
+    pngs = plots / "png"  # apart from the CSVs, so DVC can list them as one image-plot folder
+    pngs.mkdir(parents=True, exist_ok=True)
     for task, y in result.y_true.items():
         if task not in NUM_CLASSES:
             continue
@@ -110,6 +111,6 @@ def write_report(result: EvalResult, out: Path, history: list[dict[str, Any]] | 
         keep = y >= 0
         rows = ["actual,predicted"] + [f"{names[a]},{names[p]}" for a, p in zip(y[keep], pred[keep])]
         (plots / f"confusion_{task}.csv").write_text("\n".join(rows) + "\n")
-        _plot_confusion(confusion_matrix(y, pred, NUM_CLASSES[task]), names, plots / f"confusion_{task}.png", task)
+        _plot_confusion(confusion_matrix(y, pred, NUM_CLASSES[task]), names, pngs / f"confusion_{task}.png", task)
     if history:
-        _plot_curves(history, plots / "training_curves.png")
+        _plot_curves(history, pngs / "training_curves.png")

@@ -1,0 +1,92 @@
+"""The trainer on real shards with a tiny PE-Core-architecture backbone: resume equals an uninterrupted
+run, the methods train, reports are written, model-info reports parameter counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import write_image
+from fer_data.cli import app
+from fer_data.ingest import ingest
+from fer_models.config import TrainConfig
+from fer_models.methods import build_method
+from fer_models.train import BEST, train
+
+
+@pytest.fixture(scope="module")
+def catalog_path(tmp_path_factory) -> Path:
+    """FairFace-layout faces with age bin + gender, split into train/val, ingested to 112 px shards."""
+    root = tmp_path_factory.mktemp("ff")
+    for split, n in (("train", 16), ("val", 8)):
+        lines = ["file,age,gender,race"]
+        for i in range(n):
+            write_image(root / split / f"{i}.jpg", seed=i + (100 if split == "val" else 0))
+            lines.append(f"{split}/{i}.jpg,{['20-29', '3-9'][i % 2]},{['Male', 'Female'][i % 2]},White")
+        (root / f"fairface_label_{split}.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path_factory.mktemp("out")
+    ingest("fairface", root, out, detector="none", size=112, shard_samples=8)
+    return out / "catalog.duckdb"
+
+
+def config(catalog_path: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(catalog=str(catalog_path), backbone="pe-core-tiny-test", image_size=32, tasks=["age_bin", "gender"],
+                test_where="split = 'val'", epochs=3, batch_size=4, lr=1e-2, out=str(out), dropout=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("peft", ["lp", "lora"])
+def test_resume_equals_uninterrupted(catalog_path: Path, tmp_path: Path, peft: str) -> None:
+    full = train(config(catalog_path, tmp_path / "full", peft=peft, rank=4))
+    assert train(config(catalog_path, tmp_path / "cut", peft=peft, rank=4), stop_after_epoch=1) == {}
+    resumed = train(config(catalog_path, tmp_path / "cut", peft=peft, rank=4))
+    assert resumed == full
+    a = torch.load(tmp_path / "full" / BEST, weights_only=True)
+    b = torch.load(tmp_path / "cut" / BEST, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reports_and_dvclive(catalog_path: Path, tmp_path: Path) -> None:
+    metrics = train(config(catalog_path, tmp_path / "run", epochs=2))
+    assert metrics["n_samples"] == 8
+    assert 0.0 <= metrics["gender/accuracy"] <= 1.0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    csv = (tmp_path / "run" / "plots" / "confusion_gender.csv").read_text().splitlines()
+    assert csv[0] == "actual,predicted" and len(csv) == 9
+    assert (tmp_path / "run" / "plots" / "png" / "confusion_gender.png").stat().st_size > 0
+    assert (tmp_path / "run" / "plots" / "png" / "training_curves.png").stat().st_size > 0
+    assert (tmp_path / "run" / "dvclive" / "metrics.json").exists()
+
+
+def test_cafe_trains_only_its_mask_and_classifier(catalog_path: Path, tmp_path: Path) -> None:
+    model = build_method(config(catalog_path, tmp_path, method="cafe", tasks=["emotion"]))
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"mask", "classifier"}
+    out = model(torch.randint(0, 255, (4, 3, 112, 112), dtype=torch.uint8))
+    assert out["emotion"].shape == (4, 7) and out["groups"].shape == (4, 7)
+    loss, parts = model.loss(out, {"emotion": torch.tensor([1, 2, -100, 7])})  # contempt ignored by a 7-way head
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) == {"loss_ce", "loss_group", "loss_diverse"}
+    assert all(p.grad is not None for p in model.mask.parameters())
+
+
+def test_multitask_batch_without_a_task_adds_nothing(catalog_path: Path, tmp_path: Path) -> None:
+    model = build_method(config(catalog_path, tmp_path, tasks=["emotion", "gender"]))
+    out = model(torch.randint(0, 255, (4, 3, 112, 112), dtype=torch.uint8))
+    loss, parts = model.loss(out, {"emotion": torch.full((4,), -100), "gender": torch.tensor([0, 1, 1, 0])})
+    assert parts["loss_emotion"] == 0.0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.heads.parameters() if p.grad is not None)
+
+
+def test_model_info_cli(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["model-info", "multitask", "--params", str(tmp_path / "none.yaml"),
+                                      "--set", "backbone=pe-core-tiny-test", "--set", "peft=lp"])
+    info = json.loads(result.output.strip().splitlines()[-1])
+    assert info["method"] == "multitask" and info["backbone"] == "pe-core-tiny-test"
+    assert 0 < info["trainable_params"] < info["total_params"]
+    assert info["trainable_fraction"] == pytest.approx(info["trainable_params"] / info["total_params"])
