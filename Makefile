@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all ui serve clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,11 +19,21 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## sample raw data -> ingest of every dataset -> catalog -> stats, via dvc repro
+## sample raw data -> ingest of every dataset -> catalog -> train -> metrics, via dvc repro
 demo: setup
 	dvc repro
 	fer stats --catalog data/catalog.duckdb
-	@echo "catalog: $(CURDIR)/data/catalog.duckdb   parquet: $(CURDIR)/data/catalog/"
+	dvc metrics show
+	@echo "catalog: $(CURDIR)/data/catalog.duckdb  (Parquet: data/catalog/)"
+	@echo "shards:  $(CURDIR)/data/ingest/<dataset>/shards/"
+	@echo "plots:   $(CURDIR)/runs/<experiment>/plots/png/*.png  (dvc plots show for HTML)"
+
+## the Prefect UI at http://127.0.0.1:4200 (then `make serve` in another terminal)
+ui: setup
+	prefect server start --host 127.0.0.1
+
+serve: setup
+	PREFECT_API_URL=http://127.0.0.1:4200/api fer serve
 
 test: setup
 	pytest -q

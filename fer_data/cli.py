@@ -207,6 +207,17 @@ def audit(
         print_frame(leaks.astype(str), title="groups crossing datasets or splits (first 20; SELECT * FROM leakage)")
 
 
+@app.command()
+def serve(
+    params: Annotated[Path, typer.Option(help="params file with the `schedules:` section")] = Path("params.yaml"),
+    repo: Annotated[Path | None, typer.Option(help="DVC project the deployments run in (default: this repo)")] = None,
+) -> None:
+    """Serve the `preprocess` and `train` deployments (cron from params.yaml) to a Prefect server (`make ui`)."""
+    from flows.pipeline import serve_deployments
+
+    serve_deployments(params, str(repo.resolve()) if repo else None)
+
+
 @app.command("sample-data")
 def sample_data(
     out: Annotated[Path, typer.Argument(help="folder for the raw sample datasets")],
