@@ -19,13 +19,17 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Argument(help="multitask | cafe | ...")],
         params: ParamsOption = Path("params.yaml"),
         set_: SetOption = None,
+        prefect: Annotated[bool, typer.Option(help="run as a Prefect flow (artifacts in the UI)")] = True,
     ) -> None:
         """Train a method on shards selected from the catalog; writes OUT/metrics.json, plots, checkpoints."""
         from fer_models.config import TrainConfig
-        from fer_models.train import train as run_train
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
+        if prefect:
+            from flows.train import run_train
+        else:
+            from fer_models.train import train as run_train
         metrics = run_train(cfg)
         typer.echo(json.dumps(metrics, indent=2))
 
