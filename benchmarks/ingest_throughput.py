@@ -21,7 +21,7 @@ from PIL import Image
 
 from fer_data.faces.detectors import CenterFaceDetector
 from fer_data.ingest import ingest
-from fer_data.video import Clip
+from fer_data.video import Clip, tsn_indices
 
 
 def make_faces(root: Path, n: int, size: int, clip_frames: int = 0) -> list[Path]:
@@ -55,7 +55,11 @@ def bare(paths: list[Path], detect: bool, segments: int = 0, batch: int = 16) ->
     start = time.perf_counter()
     pending: list[np.ndarray] = []
     for p in paths:
-        frames = Clip(p).sample(segments)[0] if segments else [np.asarray(Image.open(p).convert("RGB"))]
+        if segments:
+            clip = Clip(p)
+            frames = list(clip.read(tsn_indices(clip.n_frames, segments)))
+        else:
+            frames = [np.asarray(Image.open(p).convert("RGB"))]
         pending.extend(frames)
         if detector and len(pending) >= batch:
             detector(pending)

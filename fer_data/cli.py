@@ -225,8 +225,9 @@ def sample_data(
 ) -> None:
     """Write small raw datasets in their native layouts, built from face photos shipped by installed packages."""
     from fer_data.sample_data import write_sample_data
+    from fer_data.sample_video import write_video_samples
 
-    roots = write_sample_data(out, seed=seed)
+    roots = {**write_sample_data(out, seed=seed), **write_video_samples(out, seed=seed)}
     for name, root in sorted(roots.items()):
         console.print(f"{name:12s} {root}")
 

@@ -6,6 +6,7 @@ account for a dataset: rows read = samples + rejects.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -24,13 +25,13 @@ from PIL import Image
 
 from fer_data import catalog, shards
 from fer_data.datasets import BadRow, get_adapter
-from fer_data.faces import align
 from fer_data.faces.stage import AlignedFace, FaceAligner, FaceConfig
 from fer_data.labels import LABEL_SPACES
 from fer_data.records import Record, Reject
-from fer_data.video import Clip
+from fer_data.video import Clip, tsn_indices
 
 SHARD_FORMAT = 1  # bump when the bytes written for the same inputs change
+_local = threading.local()  # per-thread Workers and open video readers
 
 
 @dataclass(frozen=True)
@@ -90,27 +91,45 @@ def load(rec: Record, segments: int) -> Loaded:
         raise BadRow("empty_file", f"{path} has 0 bytes")
     start, end = rec.frame_range or (rec.frame_index or 0, rec.frame_index)
     try:
-        clip = Clip(path, start, end)
-        if clip.n_frames == 0:
-            raise BadRow("empty_video", f"{path} has no frames in range {start}..{end}")
-        if rec.kind == "image":
-            frames, indices, short = clip.read([0]), [0], False
-        else:
-            frames, indices, short = clip.sample(segments)
+        clip = _open_clip(path)
+        n_frames = clip.n_frames - start if end is None else min(end, clip.n_frames - 1) - start + 1
+        if n_frames <= 0:
+            raise BadRow("empty_video", f"{path} has no frames in range {start}..{end} ({clip.n_frames} frames)")
+        indices = tsn_indices(n_frames, segments) if rec.kind == "clip" else [0]
+        frames = clip.read([start + i for i in indices])
     except (ValueError, OSError, IndexError) as err:
+        if isinstance(err, BadRow):
+            raise
         raise BadRow("corrupt_video", f"{path}: {err}") from None
-    digest = hashlib.sha256()
-    if path.is_file():
-        digest.update(path.read_bytes())
-    else:
-        for frame in frames:
-            digest.update(frame.tobytes())
-    extra = {"frame_indices": [start + i for i in indices]} if rec.kind == "clip" else {}
-    if short:
+    if rec.kind == "image":  # one frame of a video: its own pixels identify it
+        data = frames[0].tobytes()
+        return Loaded(frames, Source(_sha(data), len(data), frames.shape[2], frames.shape[1], 1, clip.fps), {})
+    extra: dict[str, Any] = {"frame_indices": [start + i for i in indices]}
+    if n_frames < segments:
         extra["short_clip"] = True
-    size = path.stat().st_size if path.is_file() else int(frames.nbytes)
-    return Loaded(frames, Source(digest.hexdigest(), size, frames.shape[2], frames.shape[1],
-                                 clip.n_frames, clip.fps), extra)
+    if path.is_file():
+        digest, size = _file_digest(path, path.stat().st_mtime_ns), path.stat().st_size
+    else:
+        digest, size = _sha(b"".join(f.tobytes() for f in frames)), int(frames.nbytes)
+    return Loaded(frames, Source(digest, size, frames.shape[2], frames.shape[1], n_frames, clip.fps), extra)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: Path, mtime_ns: int) -> str:
+    """sha256 of a video file, once per file version (many records share one video)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _open_clip(path: Path) -> Clip:
+    """This thread's open reader of `path`: consecutive records (DISFA frames, sorted) reuse it."""
+    cached = getattr(_local, "clip", None)
+    if cached is None or cached.path != path:
+        cached = _local.clip = Clip(path)
+    return cached
 
 
 def _sha(data: bytes) -> str:
@@ -149,24 +168,22 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def fill_missed(frames: np.ndarray, faces: list[AlignedFace | Reject], size: int) -> list[AlignedFace] | None:
-    """Frames where the detector missed get the landmarks of the nearest frames that have them
-    (the mean of the neighbours before and after), so a clip keeps T aligned frames; None if no frame has a face."""
-    found = [i for i, f in enumerate(faces) if isinstance(f, AlignedFace) and f.geometry["landmarks"] is not None]
-    if len(found) == len(faces):
-        return faces  # type: ignore[return-value]
+    """Frames where the detector missed are warped with the mean alignment matrix of the nearest frames
+    that have one (before and after: a smoothed box), so a clip keeps T aligned frames; None if none has."""
+    found = [i for i, f in enumerate(faces) if isinstance(f, AlignedFace)]
     if not found:
         return None
-    out = []
+    out: list[AlignedFace] = []
     for i, face in enumerate(faces):
         if isinstance(face, AlignedFace):
             out.append(face)
             continue
         near = [j for j in (max((k for k in found if k < i), default=None), min((k for k in found if k > i), default=None))
                 if j is not None]
-        lm = np.mean([np.reshape(faces[j].geometry["landmarks"], (5, 2)) for j in near], axis=0)
-        crop, m = align.align(frames[i], lm, size)
-        out.append(AlignedFace(crop, {**faces[near[0]].geometry, "align_matrix": m.reshape(-1).tolist(),
-                                      "landmarks": lm.reshape(-1).tolist(), "face_score": None}))
+        matrix = np.mean([np.reshape(faces[j].geometry["align_matrix"], (2, 3)) for j in near], axis=0)
+        crop = cv2.warpAffine(frames[i], matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+        out.append(AlignedFace(crop, {**faces[near[0]].geometry, "align_matrix": matrix.reshape(-1).tolist(),
+                                      "landmarks": None, "face_score": None}))
     return out
 
 
@@ -248,9 +265,6 @@ class Settings:
 
     def params(self) -> dict[str, Any]:
         return {**asdict(self), "version": SHARD_FORMAT}
-
-
-_local = threading.local()
 
 
 def process_batch(settings: Settings, batch: list[Record]) -> list[tuple[Record, dict[str, Any] | Reject]]:

@@ -38,22 +38,18 @@ def tsn_indices(n_frames: int, segments: int) -> list[int]:
 
 @dataclass
 class Clip:
-    """A readable frame source: a video file or a frame folder, optionally a [start, end] sub-range."""
+    """A readable frame source: a video file or a frame folder."""
 
     path: Path
-    start: int = 0
-    end: int | None = None  # inclusive; None = last frame
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self._files = frame_files(self.path) if self.path.is_dir() else None
         self._reader = None
         if self._files is None:
-            self._total, self.fps = self._open_video()
+            self.n_frames, self.fps = self._open_video()
         else:
-            self._total, self.fps = len(self._files), None
-        last = self._total - 1 if self.end is None else min(self.end, self._total - 1)
-        self.n_frames = max(0, last - self.start + 1)
+            self.n_frames, self.fps = len(self._files), None
 
     def _open_video(self) -> tuple[int, float | None]:
         try:
@@ -76,9 +72,8 @@ class Clip:
         except (av.error.FFmpegError, IndexError) as err:
             raise ValueError(f"{self.path}: unreadable video ({err})") from err
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """RGB frames [len(indices), H, W, 3] at clip-relative indices."""
-        absolute = [self.start + i for i in indices]
+    def read(self, absolute: Sequence[int]) -> np.ndarray:
+        """RGB frames [len(indices), H, W, 3] at these frame indices."""
         if self._files is not None:
             return np.stack([np.asarray(Image.open(self._files[i]).convert("RGB")) for i in absolute])
         if self._reader is not None:
@@ -94,8 +89,3 @@ class Clip:
                 if i >= max(absolute):
                     break
         return np.stack([got[i] for i in absolute])
-
-    def sample(self, segments: int) -> tuple[np.ndarray, list[int], bool]:
-        """TSN segment centres: (frames [T, H, W, 3], clip-relative indices, short = fewer frames than T)."""
-        indices = tsn_indices(self.n_frames, segments)
-        return self.read(indices), indices, self.n_frames < segments

@@ -63,8 +63,10 @@ def pixel_array(seed: int) -> np.ndarray:
 
 
 def test_every_registered_adapter_is_covered_here() -> None:
+    """The image adapters are tested here; the video and AU ones in test_video_adapters.py."""
     assert set(ADAPTERS) == {"affectnet", "celeba", "fairface", "fer2013", "ferplus", "imagefolder",
-                             "lagenda", "mma", "rafdb", "sfew", "utkface", "vggface2"}
+                             "lagenda", "mma", "rafdb", "sfew", "utkface", "vggface2",
+                             "bp4d", "casme2", "dfew", "disfa", "ferv39k"}
 
 
 # ------------------------------------------------------------------------------------- layout errors
