@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,10 @@ def _to_example(sample: dict[str, Any], tasks: Sequence[str], aus: Sequence[int]
     return pixels, {**targets_of(labels, tasks, aus), "sample_id": labels["sample_id"]}
 
 
+def _selected(ids: frozenset[str], sample: dict[str, Any]) -> bool:
+    return json.loads(sample["json"])["sample_id"] in ids
+
+
 def _collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict[str, Any]]:
     pixels = torch.stack([b[0] for b in batch])
     keys = [k for k in batch[0][1] if k != "sample_id"]
@@ -122,12 +127,15 @@ def make_loader(
         repeat=train and epoch_samples is not None,
     )
     if sample_ids is not None:
-        dataset = dataset.select(lambda s: json.loads(s["json"])["sample_id"] in sample_ids)
+        dataset = dataset.select(partial(_selected, frozenset(sample_ids)))
     if train:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
-    dataset = dataset.map(lambda s: _to_example(s, tasks, aus))
+    dataset = dataset.map(partial(_to_example, tasks=tuple(tasks), aus=tuple(aus)))
     dataset = dataset.batched(batch_size, collation_fn=_collate, partial=not train)
-    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)
+    # forkserver, not fork: the loader often runs inside a Prefect flow, whose threads a fork would copy.
+    context = "forkserver" if num_workers else None
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, multiprocessing_context=context,
+                           persistent_workers=False)
     if train and epoch_samples is not None:
         loader = loader.with_epoch(max(1, epoch_samples // batch_size))  # batches, over all workers
     return loader
