@@ -23,7 +23,7 @@ setup: $(STAMP)
 demo: setup
 	dvc repro
 	fer stats --catalog data/catalog.duckdb
-	dvc metrics show
+	dvc metrics show runs/*/metrics.json
 	@echo "catalog: $(CURDIR)/data/catalog.duckdb  (Parquet: data/catalog/)"
 	@echo "shards:  $(CURDIR)/data/ingest/<dataset>/shards/"
 	@echo "plots:   $(CURDIR)/runs/<experiment>/plots/png/*.png  (dvc plots show for HTML)"

@@ -15,9 +15,9 @@ class TrainConfig:
     method: str = "multitask"
     # data: SQL selections over the catalog's samples
     catalog: str = "data/catalog.duckdb"
-    train_where: str = "split = 'train'"
-    val_where: str = "split = 'val'"
-    test_where: str = "split = 'test'"
+    train_where: str = "split = 'train' AND kind = 'image'"
+    val_where: str = "split = 'val' AND kind = 'image'"
+    test_where: str = "split = 'test' AND kind = 'image'"
     tasks: list[str] = field(default_factory=lambda: ["emotion", "age_bin", "gender"])
     aus: list[int] = field(default_factory=list)
     # model

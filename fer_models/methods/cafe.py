@@ -2,7 +2,10 @@
 features, channels split into 7 expression groups, channel-diverse loss.
 
 Choices the summary we work from leaves open, recorded here:
-- mask network: Linear(D, D) - GELU - Linear(D, D) on the fixed feature; masked = f * sigmoid(mask);
+- the fixed feature is standardised per channel (BatchNorm without affine, statistics from the
+  training set): CLIP embeddings differ between faces in small offsets around a shared direction,
+  which a mask and a linear classifier barely see unscaled;
+- mask network: Linear(D, D) - GELU - Linear(D, D) on that feature; masked = f * sigmoid(mask);
 - main classifier: one Linear(D, 7) on the masked feature (the "CE" term; used for prediction);
 - group-wise logits: masked channels split into 7 contiguous groups of D // 7 (the remainder is
   dropped), each group's max is its class logit (max-pooling, as the paper's pipeline names it);
@@ -31,6 +34,7 @@ class Cafe(Method):
         self.backbone = backbones.build_backbone(cfg.backbone, cfg.pretrained, cfg.image_size)
         backbones.freeze(self.backbone)
         dim = self.backbone.embed_dim
+        self.norm = nn.BatchNorm1d(dim, affine=False)
         self.mask = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.classifier = nn.Linear(dim, GROUPS)
         self.diverse_weight = cfg.cafe_diverse_weight
@@ -44,6 +48,7 @@ class Cafe(Method):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
             feat = self.backbone(images)
+        feat = self.norm(feat)
         masked = feat * torch.sigmoid(self.mask(feat))
         g = masked.shape[1] // GROUPS
         groups = masked[:, : g * GROUPS].reshape(len(masked), GROUPS, g).amax(dim=2)
