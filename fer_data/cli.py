@@ -122,16 +122,17 @@ def ingest(
 def merge(
     parts: Annotated[list[Path], typer.Argument(help="per-dataset catalog files (data/ingest/*/catalog.duckdb)")],
     out: Annotated[Path, typer.Option(help="output folder of the merged catalog.duckdb and catalog/ Parquet")] = Path("data"),
+    metrics: Annotated[Path, typer.Option(help="per-dataset counts as DVC metrics JSON")] = Path("metrics/catalog.json"),
+    plots: Annotated[Path, typer.Option(help="folder of class balance PNGs")] = Path("metrics/plots"),
+    balance: Annotated[Path, typer.Option(help="class balance CSV for dvc plots")] = Path("metrics/class_balance.csv"),
 ) -> None:
-    """Join per-dataset catalogs (one per DVC ingest stage) into one catalog and its Parquet export."""
-    from fer_data.catalog import export_parquet
-    from fer_data.catalog import merge as run_merge
+    """Join per-dataset catalogs (one per DVC ingest stage), audit near-duplicates, write stats (a Prefect flow)."""
+    from flows.catalog import catalog_flow
 
-    path = out / "catalog.duckdb"
-    path.unlink(missing_ok=True)  # the merged catalog is derived: rebuilt whole from its parts
-    merged = run_merge(parts, path)
-    export_parquet(path, out / "catalog")
-    console.print(f"merged {len(merged)} datasets into {path}: {', '.join(merged)}")
+    result = catalog_flow([str(p) for p in parts], str(out), str(metrics), str(plots), str(balance))
+    console.print(f"merged {result['datasets']} datasets into {out / 'catalog.duckdb'}: {result['n_hashed']} crops "
+                  f"hashed, {result['n_cross_dataset']} duplicate groups across datasets, "
+                  f"{result['n_cross_split']} across splits")
 
 
 @app.command()
