@@ -40,6 +40,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -658,9 +659,21 @@ PLANNERS: tuple[Callable[[np.random.Generator], Plan], ...] = (
 )
 
 
-def _plans(seed: int) -> list[Plan]:
+def make_plans(planners: Sequence[Callable[[np.random.Generator], Any]], seed: int) -> list[Any]:
     """Each root from its own stream (seed, name), so adding a dataset never changes another's bytes."""
-    return [p(np.random.default_rng([seed, zlib.crc32(p.__name__.encode())])) for p in PLANNERS]
+    return [p(np.random.default_rng([seed, zlib.crc32(p.__name__.encode())])) for p in planners]
+
+
+def write_files(root: Path, files: dict[str, Callable[[], bytes]]) -> None:
+    """Render and write a plan's files in a stable order."""
+    for rel in sorted(files):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(files[rel]())
+
+
+def _plans(seed: int) -> list[Plan]:
+    return make_plans(PLANNERS, seed)
 
 
 def expected_counts(seed: int = 0) -> dict[str, dict]:
@@ -677,9 +690,6 @@ def write_sample_data(out: Path, seed: int = 0) -> dict[str, Path]:
     roots: dict[str, Path] = {}
     for plan in _plans(seed):
         root = out / plan.folder
-        for rel in sorted(plan.files):
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(plan.files[rel]())
+        write_files(root, plan.files)
         roots.update((name, root) for name in plan.expected)
     return dict(sorted(roots.items()))

@@ -49,7 +49,6 @@ import json
 import math
 import re
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from fer_data.labels import emotion_from_name, hash_split
+from fer_data.sample_data import make_plans, write_files
 
 PAD = 96  # blurred border around each photo, so jittered crops never show empty corners
 JPEG_QUALITY = 75
@@ -542,11 +542,6 @@ def _casme2(rng: np.random.Generator) -> Plan:
 PLANNERS: tuple[Callable[[np.random.Generator], Plan], ...] = (_dfew, _ferv39k, _bp4d, _disfa, _casme2)
 
 
-def _plans(seed: int) -> list[Plan]:
-    """Each root from its own stream (seed, name), so changing one dataset never changes another's bytes."""
-    return [p(np.random.default_rng([seed, zlib.crc32(p.__name__.encode())])) for p in PLANNERS]
-
-
 def write_video_samples(out: Path, seed: int = 0) -> dict[str, Path]:
     """Write the five raw roots under `out` (`out/dfew`, ...); returns {adapter name: raw root}.
 
@@ -554,12 +549,9 @@ def write_video_samples(out: Path, seed: int = 0) -> dict[str, Path]:
     """
     out = Path(out)
     roots: dict[str, Path] = {}
-    for plan in _plans(seed):
+    for plan in make_plans(PLANNERS, seed):
         root = out / plan.folder
-        for rel in sorted(plan.files):
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(plan.files[rel]())
+        write_files(root, plan.files)
         (root / EXPECTED).write_text(json.dumps(plan.expected(), indent=1, sort_keys=True))
         roots[plan.folder] = root
     return roots
