@@ -40,23 +40,30 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="folder for metrics.json and plots (default: RUN/eval)")] = None,
     ) -> None:
         """Evaluate a trained run on a selection (e.g. another dataset, for cross-dataset tables)."""
-        import torch
-
         from fer_data.loaders import select
-        from fer_models.config import TrainConfig
         from fer_models.evaluate import evaluate as run_evaluate
         from fer_models.evaluate import write_report
-        from fer_models.methods import build_method
-        from fer_models.train import BEST, load_state, pick_device
+        from fer_models.train import load_run
 
-        cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
-        device = pick_device(cfg.device)
-        model = build_method(cfg).to(device)
-        load_state(model, torch.load(run / BEST, map_location="cpu", weights_only=True))
+        cfg, model = load_run(run)
+        device = next(model.parameters()).device
         urls, ids = select(cfg.catalog, where or cfg.test_where)
         result = run_evaluate(model, urls, ids, cfg, device)
         write_report(result, out or run / "eval")
         typer.echo(json.dumps(result.metrics, indent=2))
+
+    @app.command("cross-eval")
+    def cross_eval(
+        runs: Annotated[list[Path], typer.Argument(help="trained run folders")],
+        datasets: Annotated[str, typer.Option(help="comma-separated datasets whose test splits to score")],
+        out: Annotated[Path, typer.Option(help="folder of CSV/PNG tables; OUT.json gets the numbers")]
+        = Path("metrics/cross_dataset"),
+    ) -> None:
+        """Every run on every dataset's test split: the train x test table (a Prefect flow)."""
+        from flows.evaluate import evaluate_flow
+
+        summary = evaluate_flow([str(r) for r in runs], [d.strip() for d in datasets.split(",") if d.strip()], str(out))
+        typer.echo(json.dumps(summary["uar"], indent=2))
 
     @app.command("model-info")
     def model_info(

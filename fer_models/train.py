@@ -55,6 +55,22 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"checkpoint has keys this model lacks: {unexpected[:5]}")
 
 
+def build_seeded(cfg: TrainConfig) -> Method:
+    """The method as training built it: checkpoints keep only what training changes, so a frozen,
+    randomly initialised backbone must come out of the same seed to match them."""
+    seed_everything(cfg.seed)
+    return build_method(cfg)
+
+
+def load_run(run: str | Path, device: torch.device | None = None) -> tuple[TrainConfig, Method]:
+    """Config and best weights of a finished training run folder."""
+    run = Path(run)
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    model = build_seeded(cfg).to(device or pick_device(cfg.device))
+    load_state(model, torch.load(run / BEST, map_location="cpu", weights_only=True))
+    return cfg, model
+
+
 def cosine_with_warmup(total_steps: int, warmup_fraction: float):
     warmup = max(1, int(total_steps * warmup_fraction))
 
@@ -92,8 +108,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    model: Method = build_method(cfg).to(device)
+    model = build_seeded(cfg).to(device)
     data = {name: _split(cfg, where) for name, where in
             (("train", cfg.train_where), ("val", cfg.val_where), ("test", cfg.test_where))}
     if data["train"] is None:

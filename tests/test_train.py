@@ -15,7 +15,9 @@ from fer_data.cli import app
 from fer_data.ingest import ingest
 from fer_models.config import TrainConfig
 from fer_models.methods import build_method
-from fer_models.train import BEST, train
+from fer_data.loaders import select
+from fer_models.evaluate import evaluate
+from fer_models.train import BEST, load_run, train
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,16 @@ def test_reports_and_dvclive(catalog_path: Path, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "plots" / "png" / "confusion_gender.png").stat().st_size > 0
     assert (tmp_path / "run" / "plots" / "png" / "training_curves.png").stat().st_size > 0
     assert (tmp_path / "run" / "dvclive" / "metrics.json").exists()
+
+
+def test_a_saved_run_evaluates_as_it_did_after_training(catalog_path: Path, tmp_path: Path) -> None:
+    """Checkpoints hold only what training changes: reloading must rebuild the same random backbone."""
+    cfg = config(catalog_path, tmp_path / "run", peft="lora", rank=4, epochs=1)
+    metrics = train(cfg)
+    torch.manual_seed(12345)  # whatever the caller's RNG state
+    loaded_cfg, model = load_run(tmp_path / "run")
+    urls, ids = select(cfg.catalog, cfg.test_where)
+    assert evaluate(model, urls, ids, loaded_cfg, torch.device("cpu")).metrics == metrics
 
 
 def test_cafe_trains_only_its_mask_and_classifier(catalog_path: Path, tmp_path: Path) -> None:
