@@ -57,7 +57,7 @@ def test_served_preprocess_deployment_runs_and_reports(dvc_project: Path, tmp_pa
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     served = None
     try:
-        wait_for(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 90, "prefect server")
+        wait_for(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 180, "prefect server")
         served = subprocess.Popen([BIN / "fer", "serve", "--repo", str(dvc_project)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.environ["PREFECT_API_URL"] = api
@@ -69,9 +69,9 @@ def test_served_preprocess_deployment_runs_and_reports(dvc_project: Path, tmp_pa
                 await client.read_deployment_by_name("preprocess/preprocess")
                 return True
 
-        wait_for(lambda: asyncio.run(trigger()), 60, "preprocess deployment")
+        wait_for(lambda: asyncio.run(trigger()), 180, "preprocess deployment")
         run = run_deployment("preprocess/preprocess", parameters={"stages": ["sample_data"], "repo": str(dvc_project)},
-                             timeout=180, poll_interval=2)
+                             timeout=300, poll_interval=2)
         assert run.state.is_completed(), run.state
         assert (dvc_project / "raw.txt").read_text().strip() == "faces"
 
