@@ -48,6 +48,9 @@ def test_ingest_sql_stats(rafdb_root: Path, tmp_path: Path) -> None:
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     missing = invoke("ingest", "rafdb", tmp_path, "--out", tmp_path / "out", "--runner", "none")
     assert missing.exit_code == 2 and "list_patition_label.txt" in missing.output
+    nowhere = invoke("ingest", "rafdb", tmp_path / "no" / "such", "--out", tmp_path / "out")  # through the flow
+    assert nowhere.exit_code == 2 and "is not a directory" in nowhere.output
+    assert not (tmp_path / "out").exists()
     unknown = invoke("ingest", "nosuch", tmp_path, "--runner", "none")
     assert unknown.exit_code == 2 and "unknown dataset 'nosuch'" in unknown.output
     bad_sql = invoke("sql", "SELECT nope FROM samples", "--catalog", tmp_path / "none.duckdb")
