@@ -30,7 +30,7 @@ from fer_data.labels import LABEL_SPACES
 from fer_data.records import Record, Reject
 from fer_data.video import Clip, tsn_indices
 
-SHARD_FORMAT = 1  # bump when the bytes written for the same inputs change
+SHARD_FORMAT = 2  # bump when the bytes written for the same inputs change
 _local = threading.local()  # per-thread Workers and open video readers
 
 
@@ -53,6 +53,7 @@ class Loaded:
     frames: np.ndarray
     source: Source
     extra: dict[str, Any]
+    data: bytes | None = None  # the encoded file, for an image read from disk
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def load(rec: Record, segments: int) -> Loaded:
         raise BadRow("missing_file", f"{path} does not exist")
     if rec.kind == "image" and rec.frame_index is None:
         rgb, data = _decode_file(path)
-        return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {})
+        return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {}, data)
     if path.is_file() and path.stat().st_size == 0:
         raise BadRow("empty_file", f"{path} has 0 bytes")
     start, end = rec.frame_range or (rec.frame_index or 0, rec.frame_index)
@@ -190,6 +191,14 @@ def fill_missed(frames: np.ndarray, faces: list[AlignedFace | Reject], size: int
 class Worker:
     """Decode -> align -> encode for a batch of records; one per thread, with its own detector sessions."""
 
+    def _jpeg(self, got: Loaded, face: AlignedFace) -> bytes:
+        """The crop as JPEG; an aligned JPEG already at the crop size is stored as it came (no
+        generation loss, and re-encoding is most of the cost of ingesting pre-aligned releases)."""
+        untouched = face.geometry["detector"] == "none" and got.frames.shape[1:3] == (self.size, self.size)
+        if untouched and got.data is not None and got.data[:2] == b"\xff\xd8":
+            return got.data
+        return encode_jpeg(face.crop, self.quality)
+
     def __init__(self, faces: FaceConfig, quality: int, segments: int) -> None:
         self.aligner = FaceAligner(faces)
         self.size = faces.size
@@ -218,7 +227,7 @@ class Worker:
                                                              "no frame of the clip has a face")))
                 continue
             names = ["jpg"] if rec.kind == "image" else [f"{t:02d}.jpg" for t in range(len(kept))]
-            files = {name: encode_jpeg(face.crop, self.quality) for name, face in zip(names, kept)}
+            files = {name: self._jpeg(got, face) for name, face in zip(names, kept)}
             files["json"] = json.dumps(shard_labels(rec), sort_keys=True).encode()
             centre = kept[len(kept) // 2]
             row = sample_row(rec, got.source, centre.geometry)

@@ -110,3 +110,18 @@ def test_interrupted_ingest_resumes_to_the_same_rows(folder_root: Path, tmp_path
     assert shard_hashes(tmp_path / "run") == shard_hashes(tmp_path / "ref")
     q = "SELECT sample_id, shard, sha256, align_matrix FROM samples ORDER BY sample_id"
     assert catalog.query(resumed.catalog, q).equals(catalog.query(reference.catalog, q))
+
+
+def test_aligned_jpeg_at_crop_size_is_stored_as_it_came(tmp_path: Path) -> None:
+    src = write_image(tmp_path / "raw" / "happy" / "a.jpg", size=112)
+    write_image(tmp_path / "raw" / "happy" / "b.png", seed=1, size=112)  # not a JPEG: encoded
+    ingest("imagefolder", tmp_path / "raw", tmp_path / "out", detector="none", size=112)
+    stored = {}
+    for path in (tmp_path / "out" / "shards" / "imagefolder").glob("*.tar"):
+        with tarfile.open(path) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name, data in files.items():
+            if name.endswith(".json"):
+                stored[json.loads(data)["sample_id"]] = files[name.replace(".json", ".jpg")]
+    assert stored["imagefolder:happy/a.jpg"] == src.read_bytes()
+    assert stored["imagefolder:happy/b.png"][:2] == b"\xff\xd8"
