@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
         """Train a method on shards selected from the catalog; writes OUT/metrics.json, plots, checkpoints."""
         from fer_models.config import TrainConfig
 
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("fer_models").setLevel(logging.INFO)  # epoch lines; not every HTTP call of Prefect
         cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
         if prefect:
             from flows.train import run_train
