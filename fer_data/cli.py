@@ -87,7 +87,9 @@ def ingest(
     size: Annotated[int, typer.Option(help="aligned crop side (multiple of 112 or 128)")] = 224,
     shard_samples: Annotated[int, typer.Option(help="samples per shard at most")] = 1000,
     shard_mb: Annotated[int, typer.Option(help="MiB per shard at most")] = 256,
-    workers: Annotated[int, typer.Option(help="worker threads, each with its own detector session")] = 2,
+    workers: Annotated[int | None, typer.Option(
+        help="worker threads, each with its own detector session (default: 1 with a detector, else one per core)")]
+    = None,
     runner: Annotated[str, typer.Option(help="prefect task runner: local | dask | none (plain threads, no Prefect)")]
     = "local",
     address: Annotated[str | None, typer.Option(help="Dask scheduler for --runner dask, tcp://HOST:PORT")] = None,

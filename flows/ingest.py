@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def align_batch(settings: Settings, batch: list[Record], split: str, index: int)
 
 
 def _run_name(parameters: dict[str, Any]) -> str:
-    settings = {k: v for k, v in parameters.items() if k not in ("out", "runner", "address", "workers")}
+    settings = {k: v for k, v in parameters.items() if k not in ("out", "runner", "address", "workers", "threads")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"ingest-{parameters['dataset']}-{digest}"
 
@@ -77,11 +78,11 @@ def _run(dataset: str, raw_root: str, out: str, settings: Settings) -> dict[str,
 @flow(name="ingest", flow_run_name=lambda: _run_name(_current_parameters()), log_prints=True)
 def ingest_flow(dataset: str, raw_root: str, out: str = "data", detector: str = "auto", size: int = 224,
                 quality: int = 95, shard_samples: int = 1000, shard_mb: int = 256, batch_size: int = 16,
-                detector_model: str | None = None, segments: int = 16) -> dict[str, Any]:
+                detector_model: str | None = None, segments: int = 16, threads: int = 1) -> dict[str, Any]:
     """Ingest one dataset (the task runner is chosen by `run_ingest`)."""
     settings = Settings(detector=detector, size=size, quality=quality, shard_samples=shard_samples,
                         shard_bytes=shard_mb * 2**20, batch_size=batch_size, detector_model=detector_model,
-                        segments=segments)
+                        segments=segments, threads=threads)
     return _run(dataset, raw_root, out, settings)
 
 
@@ -92,7 +93,15 @@ def _current_parameters() -> dict[str, Any]:
 
 
 def run_ingest(dataset: str, raw_root: str | Path, out: str | Path = "data", runner: str = "local",
-               address: str | None = None, workers: int = 2, **options: Any) -> dict[str, Any]:
-    """Run the ingest flow on the chosen task runner (local threads or a Dask cluster)."""
+               address: str | None = None, workers: int | None = None, **options: Any) -> dict[str, Any]:
+    """Run the ingest flow on the chosen task runner (local threads or a Dask cluster).
+
+    Local workers default as in `fer_data.ingest.plan_threads`: one with a detector (its session
+    gets the cores), else one per core; `detector="auto"` counts as needing one.
+    """
+    cores = os.cpu_count() or 1
+    if workers is None:
+        workers = cores if options.get("detector") == "none" else 1
+    options.setdefault("threads", max(1, cores // workers))
     configured = ingest_flow.with_options(task_runner=task_runner(runner, address, workers))
     return configured(dataset=dataset, raw_root=str(raw_root), out=str(out), **options)
