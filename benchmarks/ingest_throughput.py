@@ -87,7 +87,7 @@ def pipeline(dataset: str, root: Path, out: Path, detector: str, workers: int, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--workers", type=int, default=None, help="default: the pipeline's own choice")
     args = parser.parse_args()
