@@ -290,6 +290,15 @@ def export_parquet(path: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def write_counts(path: str | Path, target: str | Path) -> pd.DataFrame:
+    """Per-dataset rows read / samples / rejects as a DVC metrics JSON ({dataset: {...}}); returns them."""
+    counts = query(path, "SELECT dataset, rows_read, n_samples, n_rejects FROM ingests ORDER BY dataset")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(json.loads(counts.set_index("dataset").to_json(orient="index")), indent=2) + "\n")
+    return counts
+
+
 def query(path: str | Path, sql: str, params: Iterable[Any] | None = None) -> pd.DataFrame:
     """Run a read-only SQL query over the catalog and return a DataFrame."""
     with connect(path, read_only=True) as con:

@@ -163,6 +163,7 @@ def stats(
 ) -> None:
     """Task coverage, class balance, AU occurrence and rejects of the catalog."""
     from fer_data.catalog import query as run_query
+    from fer_data.catalog import write_counts
 
     if not catalog.exists():
         fail(f"no catalog at {catalog}: run `fer ingest` first")
@@ -177,9 +178,7 @@ def stats(
     }
     results = {title: run_query(catalog, q) for title, q in sections.items()}
     if metrics:
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        counts = results["ingests"].set_index("dataset")[["rows_read", "n_samples", "n_rejects"]]
-        metrics.write_text(json.dumps(json.loads(counts.to_json(orient="index")), indent=2) + "\n")
+        write_counts(catalog, metrics)
     if format is Format.json:
         typer.echo(json.dumps({t: json.loads(df.to_json(orient="records")) for t, df in results.items()}))
         return

@@ -3,7 +3,6 @@ stats DVC tracks (counts as metrics, class balance as CSV + PNG) and a summary a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +52,7 @@ def catalog_flow(parts: list[str], out: str = "data", metrics: str = "metrics/ca
     out_dir = Path(out)
     path = merge_parts(parts, out_dir)
     found = audit_catalog(path)
-    counts = catalog.query(path, "SELECT dataset, rows_read, n_samples, n_rejects FROM ingests ORDER BY dataset")
-    Path(metrics).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics).write_text(json.dumps(json.loads(counts.set_index("dataset").to_json(orient="index")), indent=2))
+    counts = catalog.write_counts(path, metrics)
     plot_class_balance(path, Path(plots), Path(balance))
     leaks = catalog.query(path, "SELECT group_id, n, where_found FROM leakage LIMIT 20")
     create_markdown_artifact("\n\n".join([
