@@ -60,32 +60,35 @@ def test_served_preprocess_deployment_runs_and_reports(dvc_project: Path, tmp_pa
         wait_for(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 180, "prefect server")
         served = subprocess.Popen([BIN / "fer", "serve", "--repo", str(dvc_project)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.environ["PREFECT_API_URL"] = api
         from prefect import get_client
         from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        async def trigger():
-            async with get_client() as client:
-                await client.read_deployment_by_name("preprocess/preprocess")
-                return True
+        # Settings are cached per process: an earlier test's ephemeral API must not answer for this server.
+        with temporary_settings({PREFECT_API_URL: api}):
 
-        wait_for(lambda: asyncio.run(trigger()), 180, "preprocess deployment")
-        run = run_deployment("preprocess/preprocess", parameters={"stages": ["sample_data"], "repo": str(dvc_project)},
-                             timeout=300, poll_interval=2)
-        assert run.state.is_completed(), run.state
-        assert (dvc_project / "raw.txt").read_text().strip() == "faces"
+            async def trigger():
+                async with get_client() as client:
+                    await client.read_deployment_by_name("preprocess/preprocess")
+                    return True
 
-        async def artifact() -> str:
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+            wait_for(lambda: asyncio.run(trigger()), 180, "preprocess deployment")
+            run = run_deployment("preprocess/preprocess",
+                                 parameters={"stages": ["sample_data"], "repo": str(dvc_project)},
+                                 timeout=300, poll_interval=2)
+            assert run.state.is_completed(), run.state
+            assert (dvc_project / "raw.txt").read_text().strip() == "faces"
 
-            async with get_client() as client:
-                found = await client.read_artifacts(
-                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["preprocess-repro"])))
-                return found[0].data
+            async def artifact() -> str:
+                from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-        assert "sample_data" in asyncio.run(artifact())
+                async with get_client() as client:
+                    found = await client.read_artifacts(
+                        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["preprocess-repro"])))
+                    return found[0].data
+
+            assert "sample_data" in asyncio.run(artifact())
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
         for proc in (served, server):
             if proc:
                 proc.terminate()
