@@ -255,7 +255,10 @@ def _input_fingerprint(records: list[Record]) -> list[Any]:
     """Cheap identity of the inputs: ids, labels, paths and file size/mtime (content is hashed later)."""
     def stat(path: str) -> list[int] | None:
         p = Path(path.split("#", 1)[0])
-        return [p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else None
+        if not p.is_file():
+            return None
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
 
     return [[r.sample_id, shard_labels(r), r.source_path, stat(r.source_path), r.landmarks, r.face_box]
             for r in records]
@@ -385,7 +388,7 @@ class IngestJob:
         return IngestResult(name, len(self.items), len(samples), len(rejects), path)
 
 
-def plan_threads(job: IngestJob, workers: int | None) -> tuple[int, int]:
+def share_cores(workers: int | None, needs_detector: bool) -> tuple[int, int]:
     """(worker threads, onnxruntime threads per detector session), sharing out the cores.
 
     A detector wants the cores in one session (2 cores: 1 worker x 2 ORT threads 67 img/s against
@@ -393,17 +396,17 @@ def plan_threads(job: IngestJob, workers: int | None) -> tuple[int, int]:
     """
     cores = os.cpu_count() or 1
     if workers is None:
-        workers = 1 if job.needs_detector else cores
+        workers = 1 if needs_detector else cores
     return max(1, workers), max(1, cores // max(1, workers))
 
 
 def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = "auto", workers: int | None = None,
            on_progress: Callable[[int, int], None] | None = None, **settings: Any) -> IngestResult:
     """Raw layout -> aligned crops in WebDataset shards -> this dataset's rows in OUT/catalog.duckdb,
-    with `workers` threads, None = chosen by `plan_threads` (see flows.ingest for the same job on
+    with `workers` threads, None = chosen by `share_cores` (see flows.ingest for the same job on
     Prefect task runners, Dask included)."""
     job = IngestJob(dataset, raw_root, out, Settings(detector=detector, **settings))
-    workers, threads = plan_threads(job, workers)
+    workers, threads = share_cores(workers, job.needs_detector)
     job.settings = replace(job.settings, threads=threads)
     with ThreadPoolExecutor(workers) as pool:
         for split in job.splits:

@@ -7,9 +7,6 @@ Runs on Prefect's thread task runner by default, or on a Dask cluster (`runner="
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +15,9 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fer_data.ingest import IngestJob, Settings, process_batch
+from fer_data.ingest import IngestJob, Settings, process_batch, share_cores
 from fer_data.records import Record
+from fer_data.shards import fingerprint
 from flows.runners import task_runner
 
 
@@ -30,8 +28,7 @@ def align_batch(settings: Settings, batch: list[Record], split: str, index: int)
 
 def _run_name(parameters: dict[str, Any]) -> str:
     settings = {k: v for k, v in parameters.items() if k not in ("out", "runner", "address", "workers", "threads")}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"ingest-{parameters['dataset']}-{digest}"
+    return f"ingest-{parameters['dataset']}-{fingerprint(settings)[:10]}"
 
 
 def summary_markdown(result: Any, job: IngestJob) -> str:
@@ -96,12 +93,10 @@ def run_ingest(dataset: str, raw_root: str | Path, out: str | Path = "data", run
                address: str | None = None, workers: int | None = None, **options: Any) -> dict[str, Any]:
     """Run the ingest flow on the chosen task runner (local threads or a Dask cluster).
 
-    Local workers default as in `fer_data.ingest.plan_threads`: one with a detector (its session
-    gets the cores), else one per core; `detector="auto"` counts as needing one.
+    Workers and detector threads as in `fer_data.ingest.share_cores`; before the records are read,
+    `detector="auto"` counts as needing a detector.
     """
-    cores = os.cpu_count() or 1
-    if workers is None:
-        workers = cores if options.get("detector") == "none" else 1
-    options.setdefault("threads", max(1, cores // workers))
+    workers, threads = share_cores(workers, options.get("detector") != "none")
+    options.setdefault("threads", threads)
     configured = ingest_flow.with_options(task_runner=task_runner(runner, address, workers))
     return configured(dataset=dataset, raw_root=str(raw_root), out=str(out), **options)

@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from fer_data.shards import fingerprint
 from fer_models.config import TrainConfig
-
-
-def _fingerprint(cfg: TrainConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _report(metrics: dict[str, Any], key: str, description: str) -> None:
@@ -34,5 +29,5 @@ def train_flow(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    name = f"train-{cfg.method}-{cfg.peft}-{_fingerprint(cfg)}"
+    name = f"train-{cfg.method}-{cfg.peft}-{fingerprint(cfg.to_dict())[:10]}"
     return train_flow.with_options(flow_run_name=name)(config=cfg.to_dict())
