@@ -88,17 +88,44 @@ def _collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict
     return pixels, targets
 
 
-def select(catalog_path: str | Path, where: str, root: str | Path | None = None) -> tuple[list[str], set[str]]:
-    """Shard URLs and sample ids of a SQL selection over `samples` (e.g. "dataset='rafdb' AND split='train'").
+def samples_source(fold: int | None = None) -> str:
+    """The relation a selection's WHERE reads: `samples`, or for a k-fold protocol the samples that
+    have a fold, with `split` recomputed as 'test' for fold k and 'train' for the others, so the
+    same `split = 'train'` clauses serve every fold."""
+    if fold is None:
+        return "samples"
+    held_out = f"TRY_CAST(extra->>'fold' AS INTEGER) = {int(fold)}"
+    return (f"(SELECT * REPLACE (CASE WHEN {held_out} THEN 'test' ELSE 'train' END AS split) FROM samples "
+            "WHERE TRY_CAST(extra->>'fold' AS INTEGER) IS NOT NULL)")
+
+
+def select(catalog_path: str | Path, where: str, root: str | Path | None = None,
+           fold: int | None = None) -> tuple[list[str], set[str]]:
+    """Shard URLs and sample ids of a SQL selection over `samples` (e.g. "dataset='rafdb' AND split='train'");
+    with `fold`, over `samples_source(fold)`.
 
     Shard paths in the catalog are relative to the folder holding it, unless `root` says otherwise
     (a local folder or an fsspec URL such as s3://bucket/data).
     """
-    df = catalog.query(catalog_path, f"SELECT sample_id, shard FROM samples WHERE shard IS NOT NULL AND ({where})")
+    df = catalog.query(catalog_path, f"SELECT sample_id, shard FROM {samples_source(fold)} AS samples "
+                                     f"WHERE shard IS NOT NULL AND ({where})")
     if df.empty:
-        raise ValueError(f"no sharded samples in {catalog_path} match: {where}")
+        raise ValueError(f"no sharded samples in {catalog_path} match: {where}" + (f" (fold {fold})" if fold else ""))
     base = str(root if root is not None else Path(catalog_path).resolve().parent).rstrip("/")
     return [f"{base}/{s}" for s in sorted(df.shard.unique())], set(df.sample_id)
+
+
+def au_rates(catalog_path: str | Path, where: str, aus: Sequence[int] = (),
+             fold: int | None = None) -> dict[int, float]:
+    """AU -> occurrence rate among the selection's labelled samples (the `au_occurrence` view's rate,
+    over any selection): what AU losses weight by. Empty `aus`: every AU labelled in the selection."""
+    only = f"AND a.au IN ({', '.join(str(int(au)) for au in aus)})" if aus else ""
+    df = catalog.query(catalog_path, f"""
+        SELECT a.au, count(*) FILTER (a.present) / count(a.present) AS rate
+        FROM au_labels a JOIN {samples_source(fold)} AS samples USING (sample_id)
+        WHERE a.present IS NOT NULL AND ({where}) {only}
+        GROUP BY a.au ORDER BY a.au""")
+    return {int(au): float(rate) for au, rate in zip(df.au, df.rate)}
 
 
 def make_loader(

@@ -78,6 +78,7 @@ BP4D_FOLDS = {1: ("F001", "M001"), 2: ("M011",), 3: ("F007",)}  # subjects used 
 DISFA_FOLDS = {1: ("SN001",), 2: ("SN013",), 3: ("SN003",)}
 BP4D_STANDARD = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 BP4D_OTHER = (5, 9, 11, 13, 16, 18, 20, 22, 25, 26, 27)  # coded in some tasks only: mostly 9
+BP4D_FRAMES = 24  # coded frames per subject and task: enough for AU heads to learn from 3 subjects
 BP4D_RATES = {1: .2, 2: .17, 4: .2, 6: .45, 7: .55, 10: .6, 12: .4, 14: .45, 15: .15, 17: .3, 23: .08, 24: .1}
 DISFA_CODED = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 DISFA_RATES = {1: .1, 2: .08, 4: .25, 5: .04, 6: .15, 9: .05, 12: .3, 15: .06, 17: .12, 20: .04, 25: .35, 26: .15}
@@ -422,7 +423,7 @@ def _bp4d(rng: np.random.Generator) -> Plan:
         for task in ("T1", "T6"):
             shot = _shot(rng, (176, 224), 0.55)
             start = int(rng.integers(950, 1010)) if subject == "M001" else int(rng.integers(40, 700))
-            frames = list(range(start, start + 10))
+            frames = list(range(start, start + BP4D_FRAMES))
             rows = []
             for frame in frames:
                 codes = {au: int(rng.random() < BP4D_RATES[au]) for au in BP4D_STANDARD}
@@ -437,11 +438,11 @@ def _bp4d(rng: np.random.Generator) -> Plan:
                     "subject": subject,
                     "aus": {str(au): None if c == 9 else bool(c) for au, c in sorted(codes.items())}}
             if (subject, task) == ("F001", "T1"):  # a coded frame whose image is missing
-                rows.append(f"{start + 10}," + ",".join("0" for _ in aus))
+                rows.append(f"{start + BP4D_FRAMES}," + ",".join("0" for _ in aus))
                 plan.reasons["missing_file"] += 1
             if (subject, task) == ("M011", "T6"):  # a 2 where only 0/1/9 are codes, and a short row
-                rows.append(f"{start + 10}," + ",".join("2" if au == 12 else "0" for au in aus))
-                rows.append(f"{start + 11},1,0")
+                rows.append(f"{start + BP4D_FRAMES}," + ",".join("2" if au == 12 else "0" for au in aus))
+                rows.append(f"{start + BP4D_FRAMES + 1},1,0")
                 plan.reasons.update(label_out_of_range=1, unparsable_row=1)
             plan.files[f"AUCoding/AU_OCC/{subject}_{task}.csv"] = (
                 lambda rows=rows: _text([",".join(str(v) for v in [0, *aus]), *rows]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from torch import nn
 
 __all__ = [  # explicit: timm's register_model below appends its model name to __all__
     "SUPPORTED", "TEST_CONFIGS", "Backbone", "LinearSelfAttention", "build_backbone", "build_clip",
-    "linearize_attention", "freeze", "unfreeze_last_blocks", "count_parameters", "cache_features",
+    "linearize_attention", "residual_branches", "freeze", "unfreeze_last_blocks", "count_parameters", "cache_features",
     "load_cached_features",
 ]
 logger = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ TEST_CONFIGS: dict[str, dict[str, Any]] = {
         "timm_pool": "map", "timm_proj": None}},
     "vit-tiny-test": {"embed_dim": 16, "vision_cfg": {
         "image_size": 32, "patch_size": 8, "width": 32, "layers": 6, "head_width": 16}},
+    # CLIP with both towers (PE-CLIP's prompts): the ViT-B-16 layout shrunk; text width differs from vision's.
+    "clip-tiny-test": {"embed_dim": 16, "vision_cfg": {
+        "image_size": 32, "patch_size": 8, "width": 32, "layers": 6, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 24, "heads": 2, "layers": 6}},
 }
 
 
@@ -217,6 +221,31 @@ class Backbone(nn.Module):
         self.load_state_dict(state, strict=True)
 
 
+def residual_branches(block: nn.Module) -> tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """The attention and MLP residual branches of a block (open_clip or timm Eva), each returning the
+    update it adds to the stream: `x = x + attn(x, **block_kwargs); x = x + mlp(x)` equals `block(x)`.
+
+    Adapter methods (AUFormer's MoKE groups, PE-CLIP's TDA) run blocks through these to add their
+    own branch beside or after either one without re-implementing the block.
+    """
+    if isinstance(block, ResidualAttentionBlock):
+        def attn(x: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+            return block.ls_1(block.attention(block.ln_1(x), attn_mask=attn_mask))
+
+        return attn, lambda x: block.ls_2(block.mlp(block.ln_2(x)))
+    if isinstance(block, eva.EvaBlock):
+        def eva_attn(x: torch.Tensor, rope: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+            out = block.attn(block.norm1(x), rope=rope)
+            return block.drop_path1(out if block.gamma_1 is None else block.gamma_1 * out)
+
+        def eva_mlp(x: torch.Tensor) -> torch.Tensor:
+            out = block.mlp(block.norm2(x))
+            return block.drop_path2(out if block.gamma_2 is None else block.gamma_2 * out)
+
+        return eva_attn, eva_mlp
+    raise TypeError(f"no residual branches known for {type(block).__name__}")
+
+
 def linearize_attention(module: nn.Module) -> nn.Module:
     """Swap `nn.MultiheadAttention` in open_clip residual blocks for `LinearSelfAttention`, in place."""
     for block in module.modules():
@@ -287,7 +316,16 @@ def build_backbone(name: str, pretrained: str | None = None, image_size: int | N
 
 
 def build_clip(name: str, pretrained: str | None = None) -> nn.Module:
-    """The full open_clip model (image and text towers), e.g. for PE-CLIP's prompts; same weight rules."""
+    """The full open_clip model (image and text towers), e.g. for PE-CLIP's prompts; same weight rules.
+
+    Attention is linearized as in `build_backbone`, in both towers, so adapters and PEFT can wrap it.
+    """
+    if name in TEST_CONFIGS:
+        return linearize_attention(open_clip.model.CLIP(**_model_config(name)))
+    return linearize_attention(_create_clip(name, pretrained))
+
+
+def _create_clip(name: str, pretrained: str | None) -> nn.Module:
     if pretrained is None:
         logger.warning("%s: no pretrained weights given, CLIP model is RANDOMLY INITIALISED; "
                        "results will not match the papers", name)

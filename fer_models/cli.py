@@ -16,8 +16,10 @@ ParamsOption = Annotated[Path, typer.Option(help="params file whose `train:` sec
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
-        method: Annotated[str, typer.Argument(help="multitask | cafe | ...")],
+        method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
         params: ParamsOption = Path("params.yaml"),
+        section: Annotated[list[str] | None, typer.Option(
+            help="params sections applied after `train:`, e.g. the method's own (repeatable)")] = None,
         set_: SetOption = None,
         prefect: Annotated[bool, typer.Option(help="run as a Prefect flow (artifacts in the UI)")] = True,
     ) -> None:
@@ -26,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("fer_models").setLevel(logging.INFO)  # epoch lines; not every HTTP call of Prefect
-        cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
+        cfg = TrainConfig.load(params, ["train", *(section or [])], overrides=[f"method={method}", *(set_ or [])])
         if prefect:
             from flows.train import run_train
         else:
@@ -68,18 +70,36 @@ def register(app: typer.Typer) -> None:
 
     @app.command("model-info")
     def model_info(
-        method: Annotated[str, typer.Argument(help="multitask | cafe | ...")],
-        params: ParamsOption = Path("params.yaml"),
+        method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
+        params: Annotated[Path | None, typer.Option(help="params file (default: the method's paper settings)")]
+        = None,
         set_: SetOption = None,
     ) -> None:
         """One JSON object: method, backbone, trainable_params, total_params, trainable_fraction."""
+        from fer_models.backbones import count_parameters
         from fer_models.config import TrainConfig
         from fer_models.methods import build_method
 
         cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
-        model = build_method(cfg)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        trainable, total = count_parameters(build_method(cfg))
         typer.echo(json.dumps({"method": method, "backbone": cfg.backbone, "peft": cfg.peft, "rank": cfg.rank,
                                "trainable_params": trainable, "total_params": total,
                                "trainable_fraction": trainable / total}))
+
+    @app.command("fold-summary")
+    def fold_summary(
+        runs: Annotated[list[Path], typer.Argument(help="finished run folders, one per fold")],
+        out: Annotated[Path, typer.Option(help="JSON file: mean and std of every metric over the runs")],
+    ) -> None:
+        """k-fold protocols (BP4D/DISFA 3 folds, DFEW 5) report the mean over folds: one JSON for DVC."""
+        per_run = {str(run): json.loads((run / "metrics.json").read_text()) for run in runs}
+        keys = sorted({k for m in per_run.values() for k, v in m.items() if isinstance(v, (int, float))})
+        summary: dict[str, object] = {"n_runs": len(per_run)}
+        for key in keys:
+            values = [m[key] for m in per_run.values() if isinstance(m.get(key), (int, float))]
+            mean = sum(values) / len(values)
+            summary[f"{key}/mean"] = mean
+            summary[f"{key}/std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        typer.echo(json.dumps(summary, indent=2))

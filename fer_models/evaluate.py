@@ -31,15 +31,19 @@ class EvalResult:
 def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, device: torch.device) -> EvalResult:
     model.eval()
     tasks = model.tasks
-    loader = make_loader(urls, [t for t in tasks if t != "au"] + (["au"] if cfg.aus else []), cfg.batch_size,
-                         train=False, num_workers=cfg.num_workers, aus=cfg.aus, sample_ids=ids)
+    loader = make_loader(urls, tasks, cfg.batch_size, train=False, num_workers=cfg.num_workers, aus=cfg.aus,
+                         sample_ids=ids)
     scores: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     sample_ids: list[str] = []
+    loss_sum = 0.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for images, targets in loader:
+        labels = {k: v.to(device) for k, v in targets.items() if torch.is_tensor(v)}
         with autocast:
-            out = model.scores(model(images.to(device)))
+            outputs = model(images.to(device))
+            out = model.scores(outputs)
+            loss_sum += float(model.loss(outputs, labels)[0]) * len(images)
         for t in tasks:
             scores[t].append(out[t].float().cpu().numpy())
             y = targets[t].numpy()
@@ -49,11 +53,12 @@ def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, de
         sample_ids.extend(targets["sample_id"])
     y_true = {t: np.concatenate(truth[t]) for t in tasks}
     y_score = {t: np.concatenate(scores[t]) for t in tasks}
-    metrics: dict[str, Any] = {"n_samples": len(sample_ids)}
+    metrics: dict[str, Any] = {"n_samples": len(sample_ids), "loss": loss_sum / max(1, len(sample_ids))}
     for t in tasks:
         if t in NUM_CLASSES:  # labels beyond the head (contempt for a 7-way head) are not scored
             y_true[t] = np.where(y_true[t] >= NUM_CLASSES[t], -100, y_true[t])
-        for k, v in summarize(t, y_true[t], y_score[t], threshold=0.0).items():
+        names = cfg.aus if t == "au" else None
+        for k, v in summarize(t, y_true[t], y_score[t], threshold=0.0, au_names=names).items():
             metrics[f"{t}/{k}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
     return EvalResult(metrics, y_true, y_score, sample_ids)
 
@@ -96,13 +101,40 @@ def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(result: EvalResult, out: Path, history: list[dict[str, Any]] | None = None) -> None:
-    """metrics.json, per class task a confusion CSV (dvc plots) and PNG, the training curves PNG."""
+def _plot_au_f1(f1: dict[int, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(f1), 3.5))
+    ax.bar([f"AU{au}" for au in f1], [0.0 if math.isnan(v) else v for v in f1.values()], color="tab:blue")
+    known = [v for v in f1.values() if not math.isnan(v)]
+    if known:
+        ax.axhline(float(np.mean(known)), color="tab:red", linestyle="--", label=f"mean {np.mean(known):.3f}")
+        ax.legend(fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="F1", title="per-AU F1")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(result: EvalResult, out: Path, history: list[dict[str, Any]] | None = None,
+                 aus: list[int] | None = None) -> None:
+    """metrics.json, per class task a confusion CSV (dvc plots) and PNG, per-AU F1 as CSV and a bar PNG,
+    the training curves PNG."""
     out = Path(out)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
     plots = out / "plots"
     pngs = plots / "png"  # apart from the CSVs, so DVC can list them as one image-plot folder
     pngs.mkdir(parents=True, exist_ok=True)
+    if "au" in result.y_true and aus:
+        f1 = {au: result.metrics.get(f"au/f1_au{au}") for au in aus}
+        f1 = {au: float("nan") if v is None else v for au, v in f1.items()}
+        rows = ["au,f1"] + [f"AU{au},{'' if math.isnan(v) else round(v, 4)}" for au, v in f1.items()]
+        (plots / "au_f1.csv").write_text("\n".join(rows) + "\n")
+        _plot_au_f1(f1, pngs / "au_f1.png")
     for task, y in result.y_true.items():
         if task not in NUM_CLASSES:
             continue

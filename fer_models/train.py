@@ -7,6 +7,7 @@ resumed from an epoch checkpoint continues exactly as the uninterrupted run woul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_data.loaders import make_loader, select
+from fer_data.loaders import au_rates, make_loader, select
 from fer_models.config import TrainConfig
 from fer_models.evaluate import evaluate, write_report
 from fer_models.methods import Method, build_method
@@ -28,6 +29,7 @@ from fer_models.methods import Method, build_method
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+FIGURE_SAMPLES = 8  # test images the method's figures show
 
 
 def seed_everything(seed: int) -> None:
@@ -91,16 +93,48 @@ class Split:
 
 def _split(cfg: TrainConfig, where: str) -> Split | None:
     try:
-        urls, ids = select(cfg.catalog, where)
+        urls, ids = select(cfg.catalog, where, fold=cfg.fold)
     except ValueError:
         return None
     return Split(urls, ids)
 
 
+def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Split | None]]:
+    """The train/val/test selections, and `cfg` completed from the catalog: the AUs labelled in the
+    training selection (when `aus` is empty) and their occurrence rates, which AU losses weight by.
+    A k-fold run has no val split: the held-out fold is the test set, never used to pick epochs."""
+    wheres = {"train": cfg.train_where, "val": None if cfg.fold else cfg.val_where, "test": cfg.test_where}
+    data = {name: _split(cfg, where) if where else None for name, where in wheres.items()}
+    if data["train"] is None:
+        raise ValueError(f"no training samples in {cfg.catalog} match: {cfg.train_where}"
+                         + (f" (fold {cfg.fold})" if cfg.fold else ""))
+    if not cfg.au_rates:
+        rates = au_rates(cfg.catalog, cfg.train_where, cfg.aus, fold=cfg.fold)
+        aus = cfg.aus or sorted(rates)
+        if rates:
+            cfg = dataclasses.replace(cfg, aus=aus, au_rates=[rates.get(au, 0.0) for au in aus])
+    return cfg, data
+
+
+def save_figures(model: Method, images: torch.Tensor, folder: Path) -> None:
+    """The method's figures (reconstruction grids, ...) of one fixed test batch, as PNGs."""
+    from PIL import Image
+
+    model.eval()
+    with torch.no_grad():
+        figures = model.figures(images)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in figures.items():
+        Image.fromarray(array).save(folder / f"{name}.png")
+
+
 def primary_metric(metrics: dict[str, Any]) -> float:
-    """The number early stopping and best-checkpoint selection watch: mean of each task's headline."""
+    """The number early stopping and best-checkpoint selection watch: mean of each task's headline,
+    or minus the loss for a method without labelled tasks (MAE)."""
     heads = [v for k, v in metrics.items() if k.split("/")[-1] in ("uar", "accuracy", "f1_mean") and v is not None]
-    return float(np.mean(heads)) if heads else -math.inf
+    if heads:
+        return float(np.mean(heads))
+    return -metrics["loss"] if metrics.get("loss") is not None else -math.inf
 
 
 def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, Any]:
@@ -108,22 +142,23 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
+    cfg, data = resolve_data(cfg)
     model = build_seeded(cfg).to(device)
-    data = {name: _split(cfg, where) for name, where in
-            (("train", cfg.train_where), ("val", cfg.val_where), ("test", cfg.test_where))}
-    if data["train"] is None:
-        raise ValueError(f"no training samples in {cfg.catalog} match: {cfg.train_where}")
     epoch_samples = cfg.epoch_samples or len(data["train"].ids)
     steps_per_epoch = math.ceil(math.ceil(epoch_samples / cfg.batch_size) / cfg.grad_accum)
     optimizer = torch.optim.AdamW(model.param_groups(cfg), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(steps_per_epoch * cfg.epochs, cfg.warmup_fraction))
+    adversary = model.adversary_param_groups(cfg)
+    adversary_opt = torch.optim.AdamW(adversary, weight_decay=cfg.weight_decay) if adversary else None
     state = {"epoch": 0, "best": -math.inf, "stale": 0, "history": []}
     if (out / CHECKPOINT).exists():
         ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
         load_state(model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if adversary_opt:
+            adversary_opt.load_state_dict(ckpt["adversary_optimizer"])
         state = ckpt["state"]
         log.warning("resuming %s from epoch %d", out, state["epoch"])
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -135,7 +170,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
         for epoch in range(state["epoch"], cfg.epochs):
             seed_everything(cfg.seed * 1000 + epoch)
             model.train()
-            loader = make_loader(data["train"].urls, model.tasks + (["au"] if cfg.aus else []), cfg.batch_size,
+            loader = make_loader(data["train"].urls, model.tasks, cfg.batch_size,
                                  train=True, num_workers=cfg.num_workers, aus=cfg.aus, epoch_samples=epoch_samples,
                                  sample_ids=data["train"].ids, seed=cfg.seed * 1000 + epoch)
             totals: dict[str, float] = {}
@@ -152,6 +187,13 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                if adversary_opt:  # after the generator's step, on this step's (detached) outputs
+                    adversary_opt.zero_grad(set_to_none=True)
+                    with autocast:
+                        adversary_loss, adversary_parts = model.adversary_loss(outputs, targets)
+                    adversary_loss.backward()
+                    adversary_opt.step()
+                    parts = {**parts, **adversary_parts}
                 for k, v in {"loss": float(loss.detach()), **parts}.items():
                     totals[k] = totals.get(k, 0.0) + v
                 n_batches += 1
@@ -178,7 +220,8 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
             if improved:
                 torch.save(saved_state(model), out / BEST)
             torch.save({"model": saved_state(model), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": state}, out / CHECKPOINT)
+                        "scheduler": scheduler.state_dict(), "state": state,
+                        "adversary_optimizer": adversary_opt.state_dict() if adversary_opt else None}, out / CHECKPOINT)
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in logs.items()})
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 return {}
@@ -190,5 +233,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
     if test is None:
         raise ValueError(f"no test or val samples in {cfg.catalog} match {cfg.test_where!r} or {cfg.val_where!r}")
     result = evaluate(model, test.urls, test.ids, cfg, device)
-    write_report(result, out, history=state["history"])
+    write_report(result, out, history=state["history"], aus=cfg.aus)
+    images, _ = next(iter(make_loader(test.urls, (), FIGURE_SAMPLES, train=False, sample_ids=test.ids)))
+    save_figures(model, images.to(device), out / "plots" / "png")
     return result.metrics

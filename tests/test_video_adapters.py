@@ -31,6 +31,7 @@ from fer_data.datasets.bp4d import BP4D_AUS
 from fer_data.datasets.casme2 import parse_aus
 from fer_data.datasets.disfa import DISFA_AUS
 from fer_data.ingest import ingest, load
+from fer_data.loaders import au_rates, select
 from fer_data.records import Record, Reject
 from fer_data.sample_video import PLANNERS, expected_video_counts, read_code, write_video_samples
 from fer_data.video import frame_files
@@ -584,3 +585,25 @@ def test_truncated_video_is_a_reject(video_roots: dict[str, Path], tmp_path: Pat
     result = ingest("dfew", root, tmp_path / "out", segments=SEGMENTS, workers=1)
     assert (result.n_samples, result.n_rejects) == (0, 1)
     assert query({"catalog": result.catalog}, "SELECT reason FROM rejects") == [("corrupt_video",)]
+
+
+@pytest.mark.parametrize("dataset", ["bp4d", "disfa"])
+def test_fold_selection_holds_out_each_fold(ingested: dict[str, Any], expected: dict[str, dict], dataset: str) -> None:
+    """Fold k's test set is exactly the samples the planner put in fold k; training takes the rest."""
+    labels = {sid: lab for sid, lab in expected[dataset]["labels"].items() if sid not in expected[dataset]["dropped"]}
+    for fold in (1, 2, 3):
+        where = f"dataset = '{dataset}' AND split = '{{}}'"
+        _, test_ids = select(ingested["catalog"], where.format("test"), fold=fold)
+        _, train_ids = select(ingested["catalog"], where.format("train"), fold=fold)
+        assert test_ids == {sid for sid, lab in labels.items() if lab["fold"] == fold}
+        assert train_ids == {sid for sid, lab in labels.items() if lab["fold"] not in (fold, None)}
+
+
+def test_au_rates_of_a_selection_match_the_view(ingested: dict[str, Any]) -> None:
+    """The trainer's occurrence rates for fold 1's training set are the `au_occurrence` view's
+    rates of split 'train' (fold 1 is the split column's protocol) and the planner's counts."""
+    view = catalog.query(ingested["catalog"], "SELECT au, rate FROM au_occurrence WHERE dataset = 'bp4d' "
+                                              "AND split = 'train' AND rate IS NOT NULL")
+    rates = au_rates(ingested["catalog"], "dataset = 'bp4d' AND split = 'train'", fold=1)
+    assert rates == pytest.approx(dict(zip(view.au.astype(int), view.rate)))
+    assert set(au_rates(ingested["catalog"], "dataset = 'bp4d' AND split = 'train'", aus=[12, 1], fold=1)) == {1, 12}
