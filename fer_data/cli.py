@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
 
-# Entry points, not users, keep the tools offline and quiet (no network here, no telemetry).
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import json  # noqa: E402
-from enum import Enum  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 app = typer.Typer(help="fer-pipeline: raw FER/AU/age-gender datasets -> catalog, shards, trained methods.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
