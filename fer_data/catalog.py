@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -186,9 +187,11 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 60.0) -> 
                 raise RuntimeError(f"catalog {path} is locked by another process (another ingest?): {err}") from err
             time.sleep(0.5)
     if not read_only:
+        con.execute("BEGIN TRANSACTION")  # one commit, not one per statement
         con.execute(SCHEMA)
         for view in VIEWS:
             con.execute(view)
+        con.execute("COMMIT")
     return con
 
 
@@ -214,8 +217,10 @@ def _swap(con: duckdb.DuckDBPyConnection, dataset: str, fill: Callable[[], None]
         raise
 
 
-def replace_dataset(path: str | Path, rows: DatasetRows) -> None:
-    """Swap one dataset's rows in all tables: all of the new run or, if anything fails, the old one."""
+def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path | None = None) -> None:
+    """Swap one dataset's rows in all tables: all of the new run or, if anything fails, the old one;
+    then, with `parquet_dir`, `export_parquet` over the same connection (a second open costs more
+    than the export)."""
     frames = {
         "samples": _frame(rows.samples, SAMPLE_COLUMNS),
         "au_labels": _frame(rows.au_labels, AU_COLUMNS),
@@ -237,6 +242,8 @@ def replace_dataset(path: str | Path, rows: DatasetRows) -> None:
 
     with connect(path) as con:
         _swap(con, rows.dataset, fill)
+        if parquet_dir is not None:
+            _export(con, Path(parquet_dir))
 
 
 def merge(parts: Iterable[str | Path], dest: str | Path) -> list[str]:
@@ -272,7 +279,13 @@ def merge(parts: Iterable[str | Path], dest: str | Path) -> list[str]:
 
 def export_parquet(path: str | Path, out_dir: str | Path) -> Path:
     """Parquet copy of the catalog, partitioned by dataset (`out_dir/<table>/dataset=X/*.parquet`)."""
-    out_dir = Path(out_dir)
+    with connect(path, read_only=True) as con:
+        return _export(con, Path(out_dir))
+
+
+def _export(con: duckdb.DuckDBPyConnection, out_dir: Path) -> Path:
+    """Each table is written to a fresh folder that then replaces the old one: writing into the old
+    folder would leave the partitions of datasets (or rejects) that are gone from the catalog."""
     out_dir.mkdir(parents=True, exist_ok=True)
     queries = {
         "samples": "SELECT * FROM samples",
@@ -280,13 +293,18 @@ def export_parquet(path: str | Path, out_dir: str | Path) -> Path:
         "rejects": "SELECT * FROM rejects",
         "shards": "SELECT * FROM shards",
     }
-    with connect(path, read_only=True) as con:
-        for table, query in queries.items():
-            target = out_dir / table
-            if con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0] == 0:
-                continue
-            con.execute(f"COPY ({query} ORDER BY ALL) TO '{target}' "
-                        "(FORMAT PARQUET, PARTITION_BY (dataset), OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'part{i}')")
+    for table, query in queries.items():
+        target, fresh, old = out_dir / table, out_dir / f".{table}.new", out_dir / f".{table}.old"
+        for leftover in (fresh, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]:
+            con.execute(f"COPY ({query} ORDER BY ALL) TO '{fresh}' "
+                        "(FORMAT PARQUET, PARTITION_BY (dataset), FILENAME_PATTERN 'part{i}')")
+        if target.exists():
+            target.rename(old)
+        if fresh.exists():
+            fresh.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

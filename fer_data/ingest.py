@@ -6,23 +6,25 @@ account for a dataset: rows read = samples + rejects.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fer_data import catalog, shards
 from fer_data.datasets import BadRow, get_adapter
@@ -33,7 +35,9 @@ from fer_data.records import Record, Reject
 from fer_data.video import Clip, tsn_indices
 
 SHARD_FORMAT = 2  # bump when the bytes written for the same inputs change
+LOCK_FILE = ".ingest.lock"
 _local = threading.local()  # per-thread Workers and open video readers
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,12 @@ def _decode_file(path: Path) -> tuple[np.ndarray, bytes]:
         raise BadRow("empty_file", f"{path} has 0 bytes")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB")), data
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), data
+    except UnidentifiedImageError:  # its message names the in-memory buffer, a new address each run
+        raise BadRow("corrupt_image", f"{path}: expected an image file (JPEG, PNG, ...), found no known "
+                                      f"image format in its {len(data)} bytes") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadRow("corrupt_image", f"{path}: {err}") from None
+        raise BadRow("corrupt_image", f"{path}: expected a decodable image ({type(err).__name__}: {err})") from None
 
 
 def load(rec: Record, segments: int) -> Loaded:
@@ -103,7 +110,8 @@ def load(rec: Record, segments: int) -> Loaded:
     except (ValueError, OSError, IndexError) as err:
         if isinstance(err, BadRow):
             raise
-        raise BadRow("corrupt_video", f"{path}: {err}") from None
+        _local.clip = None  # a reader that failed mid-file is not reused for the next record
+        raise BadRow("corrupt_video", str(err) if str(path) in str(err) else f"{path}: {err}") from None
     if rec.kind == "image":  # one frame of a video: its own pixels identify it
         data = frames[0].tobytes()
         return Loaded(frames, Source(_sha(data), len(data), frames.shape[2], frames.shape[1], 1, clip.fps), {})
@@ -149,9 +157,12 @@ def shard_labels(rec: Record) -> dict[str, Any]:
     }
 
 
+_RECORD_COLUMNS = [f.name for f in fields(Record) if f.name in catalog.SAMPLE_COLUMNS]
+
+
 def sample_row(rec: Record, src: Source, geometry: dict[str, Any]) -> dict[str, Any]:
     """The catalog row of one record (shard filled in once its shard is complete)."""
-    row = {k: v for k, v in asdict(rec).items() if k in catalog.SAMPLE_COLUMNS}
+    row = {k: getattr(rec, k) for k in _RECORD_COLUMNS}  # not asdict: its deep copy was a tenth of a worker's time
     row.update(sha256=src.sha256, bytes=src.bytes, width=src.width, height=src.height, n_frames=src.n_frames,
                fps=src.fps, **geometry,
                extra={**rec.extra, "aligned_source": True} if rec.aligned else rec.extra or None)
@@ -231,12 +242,13 @@ class Worker:
             names = ["jpg"] if rec.kind == "image" else [f"{t:02d}.jpg" for t in range(len(kept))]
             files = {name: self._jpeg(got, face) for name, face in zip(names, kept)}
             files["json"] = json.dumps(shard_labels(rec), sort_keys=True).encode()
+            sample = shards.encode_sample(shards.sample_key(rec.sample_id), files)
             centre = kept[len(kept) // 2]
             row = sample_row(rec, got.source, centre.geometry)
             if got.extra or rec.kind == "clip":
                 row["extra"] = {**(row["extra"] or {}), **got.extra,
                                 "missed_frames": sum(isinstance(f, Reject) for f in faces)}
-            out.append((rec, {"sample_id": rec.sample_id, "files": files, "row": row, "aus": au_rows(rec)}))
+            out.append((rec, {"sample_id": rec.sample_id, "sample": sample, "row": row, "aus": au_rows(rec)}))
         return out
 
 
@@ -295,12 +307,51 @@ def process_batch(settings: Settings, batch: list[Record]) -> list[tuple[Record,
     return cache[settings](batch)
 
 
+class OutputLock:
+    """One ingest at a time per output folder: two would delete each other's unfinished shards and
+    write the same temp files. An flock, so the kernel frees it when its holder dies (kill -9
+    included); a second ingest waits for it, saying which folder and which process it waits for.
+    The file is removed on release, so a finished output folder holds only the outputs.
+    """
+
+    def __init__(self, out: Path, holder: str) -> None:
+        self.path = out / LOCK_FILE
+        out.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                other = f.read().strip() or "an ingest"
+                log.warning("%s is locked by %s: waiting until it finishes", self.path, other)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            f.close()  # the holder removed the file as it let go: lock the one at the path now
+        f.truncate(0)
+        f.write(f"{holder} (pid {os.getpid()})\n")
+        f.flush()
+        self._file: IO[str] | None = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: a waiter then sees a new inode
+            self._file.close()
+            self._file = None
+
+
 class IngestJob:
     """One ingest of one dataset, in steps an orchestrator can drive: `batches(split)` to process
     anywhere, `write(split, results)` in order, `close(split)`, then `finish()` for the catalog.
 
     Resumable: shards completed by an earlier, interrupted run with the same fingerprint are kept,
-    and their records are not handed out again.
+    and their records are not handed out again. Holds `OutputLock` on `out` from the end of
+    reading the records until `finish` (or leaving a `with` block).
     """
 
     def __init__(self, dataset: str, raw_root: str | Path, out: str | Path, settings: Settings = Settings()) -> None:
@@ -318,6 +369,15 @@ class IngestJob:
         self.writers: dict[str, shards.ShardWriter] = {}
         self.n_records = len(records)
         self.n_done = 0
+        self.lock = OutputLock(self.out, f"ingest of {self.adapter.name}")
+
+    def __enter__(self) -> IngestJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for writer in self.writers.values():
+            writer.abandon()  # after an error: the unfinished shard's temp file, which a resumed run deletes
+        self.lock.release()
 
     @property
     def needs_detector(self) -> bool:
@@ -345,7 +405,7 @@ class IngestJob:
             if isinstance(res, Reject):
                 writer.carry({"sample_id": rec.sample_id, "reject": asdict(res)})
             else:
-                writer.add(shards.sample_key(rec.sample_id), res["files"], {k: v for k, v in res.items() if k != "files"})
+                writer.add(res["sample"], {k: v for k, v in res.items() if k != "sample"})
         self.n_done += len(results)
 
     def close(self, split: str) -> None:
@@ -353,6 +413,12 @@ class IngestJob:
 
     def finish(self) -> IngestResult:
         """Catalog rows from the complete shards' stats, `_info.json`, and the atomic catalog swap."""
+        try:
+            return self._finish()
+        finally:
+            self.lock.release()
+
+    def _finish(self) -> IngestResult:
         name = self.adapter.name
         samples, aus, shard_rows, info_splits = [], [], [], {}
         rejects = list(self.rejects)
@@ -373,6 +439,8 @@ class IngestJob:
         if len(samples) + len(rejects) != len(self.items):
             raise AssertionError(f"{name}: {len(self.items)} rows read but {len(samples)} samples + "
                                  f"{len(rejects)} rejects")
+        self.shard_dir.mkdir(parents=True, exist_ok=True)  # no writer made it when the adapter rejected every row
+        shards.prune(self.shard_dir, [s for split in info_splits.values() for s in split["shards"]])
         params = self.settings.params()
         shards.write_info(self.shard_dir, {
             "dataset": name, "splits": info_splits, "params": params,
@@ -383,8 +451,7 @@ class IngestJob:
         catalog.replace_dataset(path, catalog.DatasetRows(
             dataset=name, raw_root=str(self.raw_root.resolve()), samples=samples, au_labels=aus,
             rejects=[asdict(r) for r in rejects], shards=shard_rows, rows_read=len(self.items), params=params,
-        ))
-        catalog.export_parquet(path, self.out / "catalog")
+        ), parquet_dir=self.out / "catalog")
         return IngestResult(name, len(self.items), len(samples), len(rejects), path)
 
 
@@ -405,18 +472,18 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = 
     """Raw layout -> aligned crops in WebDataset shards -> this dataset's rows in OUT/catalog.duckdb,
     with `workers` threads, None = chosen by `share_cores` (see flows.ingest for the same job on
     Prefect task runners, Dask included)."""
-    job = IngestJob(dataset, raw_root, out, Settings(detector=detector, **settings))
-    workers, threads = share_cores(workers, job.needs_detector)
-    job.settings = replace(job.settings, threads=threads)
-    with ThreadPoolExecutor(workers) as pool:
-        for split in job.splits:
-            batches = job.batches(split)
-            for results in _ordered(pool, partial(process_batch, job.settings), batches, window=2 * workers):
-                job.write(split, results)
-                if on_progress:
-                    on_progress(job.n_done, job.n_records)
-            job.close(split)
-    return job.finish()
+    with IngestJob(dataset, raw_root, out, Settings(detector=detector, **settings)) as job:
+        workers, threads = share_cores(workers, job.needs_detector)
+        job.settings = replace(job.settings, threads=threads)
+        with ThreadPoolExecutor(workers) as pool:
+            for split in job.splits:
+                batches = job.batches(split)
+                for results in _ordered(pool, partial(process_batch, job.settings), batches, window=2 * workers):
+                    job.write(split, results)
+                    if on_progress:
+                        on_progress(job.n_done, job.n_records)
+                job.close(split)
+        return job.finish()
 
 
 def _dedupe(items: Iterable[Record | Reject]) -> tuple[list[Record], list[Reject]]:

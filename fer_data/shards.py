@@ -9,14 +9,13 @@ a run killed at any point resumes from the last complete shard without duplicate
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 STATS_SUFFIX = ".stats.json"
 
@@ -26,14 +25,42 @@ def sample_key(sample_id: str) -> str:
     return hashlib.sha1(sample_id.encode()).hexdigest()[:24]
 
 
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+def _header(name: str, size: int) -> bytes:
+    """A member's GNU tar header with fixed metadata, as `TarFile.addfile` encodes it."""
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info, io.BytesIO(data)
+    return info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample's tar members as bytes (header, data and NUL padding each) and its payload size.
+
+    `encode_sample` builds them wherever the sample is made (a worker thread, a Dask worker), so
+    the ordered writer only appends them to the open shard: tarfile's header building (tens of µs
+    of Python a member) on the write path held up every worker of a pre-aligned ingest.
+    """
+
+    blob: bytes
+    size: int  # bytes of the files, what `max_bytes` counts
+
+
+def encode_sample(key: str, files: dict[str, bytes]) -> Sample:
+    """`key.ext` members in extension order, byte for byte what `TarFile.addfile` writes for them."""
+    parts = []
+    for ext, data in sorted(files.items()):
+        parts += [_header(f"{key}.{ext}", len(data)), data, tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE)]
+    return Sample(b"".join(parts), sum(len(v) for v in files.values()))
+
+
+def _end_of_archive(size: int) -> bytes:
+    """What `TarFile.close` appends to `size` bytes of members: two zero blocks, zeros up to a whole record."""
+    end = 2 * tarfile.BLOCKSIZE
+    return tarfile.NUL * (end + -(size + end) % tarfile.RECORDSIZE)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -49,9 +76,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class ShardWriter:
     """Writes `<prefix>-00000.tar`, ... into `directory`, cutting at `max_samples` or `max_bytes`.
 
-    `add` takes one sample's files (extension -> bytes) and a metadata dict; `carry` notes
+    `add` takes one sample (its members, from `encode_sample`) and a metadata dict; `carry` notes
     anything else decided while reading up to this point (rejects). Both land in the shard's
     stats file, which is how a resumed run learns what was already done.
+
+    Samples stream into the shard's temp file and running sha256 as they come, so hashing and
+    writing overlap the workers instead of stalling them at the cut, and a 256 MiB shard is
+    never held in memory; the temp file is renamed into place when the shard is cut.
     """
 
     directory: Path
@@ -59,7 +90,9 @@ class ShardWriter:
     fingerprint: str
     max_samples: int = 1000
     max_bytes: int = 256 * 2**20
-    _members: list[tuple[str, bytes]] = field(default_factory=list, init=False)
+    _file: BinaryIO | None = field(default=None, init=False)  # the open shard's temp file
+    _hash: Any = field(default=None, init=False)  # its running sha256
+    _size: int = field(default=0, init=False)  # its bytes so far
     _samples: list[dict[str, Any]] = field(default_factory=list, init=False)
     _carried: list[dict[str, Any]] = field(default_factory=list, init=False)
     _bytes: int = field(default=0, init=False)
@@ -100,47 +133,71 @@ class ShardWriter:
         """Ids of everything the complete shards account for: samples and carried items."""
         return {item["sample_id"] for s in self.done for item in s["samples"] + s["carried"]}
 
-    def add(self, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> None:
-        size = sum(len(v) for v in files.values())
-        if self._members and (len(self._samples) >= self.max_samples or self._bytes + size > self.max_bytes):
+    def add(self, sample: Sample, meta: dict[str, Any]) -> None:
+        if self._samples and (len(self._samples) >= self.max_samples or self._bytes + sample.size > self.max_bytes):
             self._flush()
-        for ext, data in sorted(files.items()):
-            self._members.append((f"{key}.{ext}", data))
+        if self._file is None:
+            self._file = open(self.directory / (self._name(len(self.done)) + ".tmp"), "wb")
+            self._hash = hashlib.sha256()
+        self._append(sample.blob)
         self._samples.append(meta)
-        self._bytes += size
+        self._bytes += sample.size
 
     def carry(self, item: dict[str, Any]) -> None:
         self._carried.append(item)
 
+    def _append(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
     def _flush(self) -> None:
         name = self._name(len(self.done))
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for member, data in self._members:
-                tar.addfile(*_member(member, data))
-        data = buf.getvalue()
+        self._append(_end_of_archive(self._size))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._file.name, self.directory / name)
         stats = {
             "shard": name,
             "n_samples": len(self._samples),
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": self._size,
+            "sha256": self._hash.hexdigest(),
             "fingerprint": self.fingerprint,
             "samples": self._samples,
             "carried": self._carried,
         }
-        _write_atomic(self.directory / name, data)
         _write_atomic(self.directory / (name + STATS_SUFFIX), json.dumps(stats, sort_keys=True).encode())
         self.done.append(stats)
-        self._members, self._samples, self._carried, self._bytes = [], [], [], 0
+        self._file, self._hash, self._size = None, None, 0
+        self._samples, self._carried, self._bytes = [], [], 0
+
+    def abandon(self) -> None:
+        """Close the unfinished shard's temp file without completing it (a resumed run deletes it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def close(self) -> list[dict[str, Any]]:
         """Flush the last shard; leftover carried items with no sample after them get a stats-only entry."""
-        if self._members:
+        if self._samples:
             self._flush()
         elif self._carried:
             self.done.append({"shard": None, "n_samples": 0, "samples": [], "carried": self._carried})
             self._carried = []
         return self.done
+
+
+def prune(directory: Path, keep: Iterable[str]) -> None:
+    """Delete every file in a shard set's folder but `_info.json` and the shards in `keep` (with their stats).
+
+    A split that lost all its records has no writer to clear its old shards; left there, a glob
+    over the folder would feed a loader samples the catalog no longer has.
+    """
+    keep = set(keep)
+    for path in Path(directory).iterdir():
+        if path.is_file() and path.name != "_info.json" and path.name.removesuffix(STATS_SUFFIX) not in keep:
+            path.unlink()
 
 
 def write_info(directory: Path, info: dict[str, Any]) -> None:

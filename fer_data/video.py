@@ -26,6 +26,20 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=_number)
 
 
+def read_frame(path: Path) -> np.ndarray:
+    """RGB pixels of one frame file; ValueError naming it when it does not decode (PIL's messages do not)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"frame {path}: expected a decodable image ({type(err).__name__}: {err})") from None
+
+
+def _message(err: Exception) -> str:
+    """A decoder's error without the clock time decord stamps on it, so the same file gives the same reject."""
+    return re.sub(r"\[\d\d:\d\d:\d\d\] ", "", str(err)).strip()
+
+
 def tsn_indices(n_frames: int, segments: int) -> list[int]:
     """Centres of `segments` equal segments over `n_frames` (TSN test-time sampling).
 
@@ -60,7 +74,7 @@ class Clip:
         except ImportError:
             pass
         except Exception as err:  # decord raises its own DECORDError for unreadable files
-            raise ValueError(f"{self.path}: unreadable video ({err})") from err
+            raise ValueError(f"{self.path}: expected a readable video ({_message(err)})") from err
         import av
 
         try:
@@ -70,22 +84,37 @@ class Clip:
                 rate = stream.average_rate
                 return frames, float(rate) if rate else None
         except (av.error.FFmpegError, IndexError) as err:
-            raise ValueError(f"{self.path}: unreadable video ({err})") from err
+            raise ValueError(f"{self.path}: expected a readable video ({_message(err)})") from err
 
     def read(self, absolute: Sequence[int]) -> np.ndarray:
-        """RGB frames [len(indices), H, W, 3] at these frame indices."""
+        """RGB frames [len(indices), H, W, 3] at these frame indices; ValueError naming the file (and frame)
+        when one does not decode: a video can open fine and still hold a corrupt packet."""
         if self._files is not None:
-            return np.stack([np.asarray(Image.open(self._files[i]).convert("RGB")) for i in absolute])
+            return np.stack([read_frame(self._files[i]) for i in absolute])
         if self._reader is not None:
-            return self._reader.get_batch(absolute).asnumpy()
+            from decord import DECORDError
+
+            try:
+                return self._reader.get_batch(list(absolute)).asnumpy()
+            except DECORDError as err:
+                raise ValueError(f"{self.path}: expected frames {list(absolute)} to decode ({_message(err)})") from err
+        return self._read_pyav(absolute)
+
+    def _read_pyav(self, absolute: Sequence[int]) -> np.ndarray:
         import av
 
         wanted = set(absolute)
         got: dict[int, np.ndarray] = {}
-        with av.open(str(self.path)) as container:
-            for i, frame in enumerate(container.decode(container.streams.video[0])):
-                if i in wanted:
-                    got[i] = frame.to_ndarray(format="rgb24")
-                if i >= max(absolute):
-                    break
+        try:
+            with av.open(str(self.path)) as container:
+                for i, frame in enumerate(container.decode(container.streams.video[0])):
+                    if i in wanted:
+                        got[i] = frame.to_ndarray(format="rgb24")
+                    if i >= max(absolute):
+                        break
+        except av.error.FFmpegError as err:
+            raise ValueError(f"{self.path}: expected frames {list(absolute)} to decode ({_message(err)})") from err
+        missing = sorted(wanted - set(got))
+        if missing:
+            raise ValueError(f"{self.path}: expected frames {missing}, but the video ends before them")
         return np.stack([got[i] for i in absolute])

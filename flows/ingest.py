@@ -50,21 +50,23 @@ def summary_markdown(result: Any, job: IngestJob) -> str:
 
 
 def _run(dataset: str, raw_root: str, out: str, settings: Settings) -> dict[str, Any]:
-    job = IngestJob(dataset, raw_root, out, settings)
-    progress = create_progress_artifact(progress=0.0, key=f"ingest-{dataset}-progress".lower().replace("_", "-"),
-                                        description=f"ingest {dataset}: records aligned and sharded")
-    with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as bar:
-        shown = bar.add_task("ingest", total=job.n_records)
-        for split in job.splits:
-            batches = job.batches(split)
-            futures: list[PrefectFuture] = [align_batch.submit(settings, b, split, i) for i, b in enumerate(batches)]
-            for future in futures:  # in order: shards are written in sample order
-                job.write(split, future.result())
-                bar.update(shown, completed=job.n_done)
-                update_progress_artifact(progress, 100.0 * job.n_done / max(1, job.n_records))
-            job.close(split)
-    result = job.finish()
+    with IngestJob(dataset, raw_root, out, settings) as job:  # the output lock goes with the job, errors too
+        progress = create_progress_artifact(progress=0.0,
+                                            key=f"ingest-{dataset}-progress".lower().replace("_", "-"),
+                                            description=f"ingest {dataset}: records aligned and sharded")
+        with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      transient=True) as bar:
+            shown = bar.add_task("ingest", total=job.n_records)
+            for split in job.splits:
+                batches = job.batches(split)
+                futures: list[PrefectFuture] = [align_batch.submit(settings, b, split, i)
+                                                for i, b in enumerate(batches)]
+                for future in futures:  # in order: shards are written in sample order
+                    job.write(split, future.result())
+                    bar.update(shown, completed=job.n_done)
+                    update_progress_artifact(progress, 100.0 * job.n_done / max(1, job.n_records))
+                job.close(split)
+        result = job.finish()
     update_progress_artifact(progress, 100.0)
     create_markdown_artifact(summary_markdown(result, job), key=f"ingest-{dataset}".lower().replace("_", "-"),
                              description=f"ingest summary of {dataset}")

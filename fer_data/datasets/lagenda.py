@@ -30,8 +30,10 @@ def read(root: Path) -> Iterator[Item]:
     def parse(_: int, row: dict[str, str]) -> Record:
         name = row["img_name"]
         age = to_float(row["age"])
+        if age == -1:
+            age = None  # -1 = missing; any other negative age is a typo, not a known code
         if age is not None and age < 0:
-            age = None  # -1 = missing
+            raise BadRow("label_out_of_range", f"age {age} is neither -1 (missing) nor 0..{MAX_AGE}")
         if age is not None and age > MAX_AGE:
             raise BadRow("label_out_of_range", f"age {age} above {MAX_AGE}")
         gender_text = row["gender"].strip()

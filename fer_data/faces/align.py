@@ -37,6 +37,8 @@ def resize(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """An already aligned crop, only resized to `size` (matrix: the per-axis scale)."""
     h, w = image.shape[:2]
     matrix = np.array([[size / w, 0.0, 0.0], [0.0, size / h, 0.0]])
+    if (h, w) == (size, size):
+        return image, matrix  # cv2.resize to the same size is an exact copy: skip it
     interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_CUBIC
     return cv2.resize(image, (size, size), interpolation=interp), matrix
 
