@@ -16,7 +16,7 @@ from fer_data.labels import LABEL_SPACES
 from fer_data.loaders import make_loader
 from fer_models.config import TrainConfig
 from fer_models.methods import NUM_CLASSES, Method
-from fer_models.metrics import confusion_matrix, summarize
+from fer_models.metrics import au_f1_baselines, confusion_matrix, summarize
 
 
 @dataclass
@@ -58,7 +58,10 @@ def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, de
         if t in NUM_CLASSES:  # labels beyond the head (contempt for a 7-way head) are not scored
             y_true[t] = np.where(y_true[t] >= NUM_CLASSES[t], -100, y_true[t])
         names = cfg.aus if t == "au" else None
-        for k, v in summarize(t, y_true[t], y_score[t], threshold=0.0, au_names=names).items():
+        scored = summarize(t, y_true[t], y_score[t], threshold=0.0, au_names=names)
+        if t == "au" and cfg.au_rates:  # the label-blind F1 a model has to beat
+            scored.update(au_f1_baselines(y_true[t], cfg.au_rates))
+        for k, v in scored.items():
             metrics[f"{t}/{k}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
     return EvalResult(metrics, y_true, y_score, sample_ids)
 

@@ -123,6 +123,19 @@ def au_f1_mean(y_true: Any, y_score: Any, threshold: float = 0.5, mask: Any | No
     return float(np.mean(f1[~np.isnan(f1)])) if np.any(~np.isnan(f1)) else float("nan")
 
 
+def au_f1_baselines(y_true: Any, train_rates: Sequence[float]) -> dict[str, float]:
+    """Mean F1 of the two label-blind AU predictors a model must beat: "all present" (every AU
+    predicted everywhere: 2r / (1 + r) for a test rate r) and "random" (each AU predicted present
+    with its training rate q, independently of the face: expected F1 2rq / (r + q))."""
+    t = np.asarray(y_true, dtype=np.float64)
+    known = t >= 0
+    r = np.sum((t == 1) & known, axis=0) / np.maximum(np.sum(known, axis=0), 1)
+    q = np.asarray(train_rates, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        random = np.where(r + q > 0, 2 * r * q / (r + q), np.nan)
+    return {"f1_mean_all_present": au_f1_mean(t, np.ones_like(t)), "f1_mean_random": float(np.nanmean(random))}
+
+
 def age_bin_accuracy(y_true: Any, y_pred: Any) -> float:
     """Accuracy over age bins 0..8 ("0-2" .. "70+"), -100 ignored; nan if nothing is labelled."""
     return war(y_true, y_pred)

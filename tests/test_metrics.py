@@ -157,3 +157,12 @@ def test_summarize_per_task():
     assert all(isinstance(v, float) for v in au.values())
     with pytest.raises(ValueError):
         M.summarize("valence", [0], [0])
+
+
+def test_au_f1_baselines_hand_computed() -> None:
+    """AU0: test rate 1/2; AU1: 1/3 among its 3 known labels. All present: 2r/(1+r) = 2/3 and 1/2.
+    Random at training rates q = (1/2, 1/4): 2rq/(r+q) = 1/2 and (1/6)/(7/12) = 2/7."""
+    y = [[1, 0], [0, 0], [1, -1], [0, 1]]
+    got = M.au_f1_baselines(y, [0.5, 0.25])
+    assert got["f1_mean_all_present"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert got["f1_mean_random"] == pytest.approx((1 / 2 + 2 / 7) / 2)
