@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup demo test test-all ui serve clean
+.PHONY: setup demo test test-all bench ui serve clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,10 +23,14 @@ setup: $(STAMP)
 demo: setup
 	dvc repro
 	fer stats --catalog data/catalog.duckdb
-	dvc metrics show runs/*/metrics.json
+	dvc metrics show runs/*/metrics.json runs/pe_clip/ferv39k/metrics.json metrics/auformer_folds.json metrics/pe_clip_folds.json
 	@echo "catalog: $(CURDIR)/data/catalog.duckdb  (Parquet: data/catalog/)"
 	@echo "shards:  $(CURDIR)/data/ingest/<dataset>/shards/"
 	@echo "plots:   $(CURDIR)/runs/<experiment>/plots/png/*.png  (dvc plots show for HTML)"
+
+## every benchmark side by side -> benchmarks/results.{json,md,png} (~10 min on 2 cores); BENCH_ARGS=--quick: smoke run
+bench: setup
+	python benchmarks/report.py $(BENCH_ARGS)
 
 ## the Prefect UI at http://127.0.0.1:4200 (then `make serve` in another terminal)
 ui: setup

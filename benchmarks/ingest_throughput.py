@@ -91,7 +91,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--workers", type=int, default=None, help="default: the pipeline's own choice")
     args = parser.parse_args()
-    results = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "workers": args.workers}
+    results = {"benchmark": "ingest_throughput", "machine": f"{platform.machine()} {os.cpu_count()} cores",
+               "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cases = {
