@@ -31,10 +31,10 @@ than its video; CASME II empty spacer columns, subjects as numbers and as text, 
 "?", a missing apex ("/"), an offset past the last frame, an unparsable onset and a row without
 frame folder. Clips are 8 to 40 frames; some are shorter than 16.
 
-Sizes (the whole thing is about 6.5 MB and writes in a few seconds): DFEW 28 clips (4 per class,
-each in exactly one fold's test list and the other four train lists; 224x224 aligned frames, 7
-with an original mp4), FERV39K 28 clips (face crops written at 112x112), BP4D 4 subjects x 2
-tasks x 10 frames (176x224), DISFA 3 subjects x 20 frames (192x144 avi), CASME II 12 clips of 4
+Sizes (the whole thing is about 14 MB and writes in a few seconds): DFEW 56 clips (8 per class,
+each in exactly one fold's test list and the other four train lists; 224x224 aligned frames, 15
+with an original mp4), FERV39K 56 clips (face crops written at 112x112), BP4D 4 subjects x 2
+tasks x 24 frames (176x224), DISFA 3 subjects x 20 frames (192x144 avi), CASME II 12 clips of 4
 subjects (160x128 frames). Subjects come from the published fold lists, one or more per fold.
 
 `expected_video_counts(roots)` reads what each planner recorded while planning (written beside
@@ -357,7 +357,7 @@ def _lengths(rng: np.random.Generator, n: int, short_every: int = 5) -> list[int
 
 def _dfew(rng: np.random.Generator) -> Plan:
     plan = Plan("dfew")
-    n = 28
+    n = 56
     names = sorted(int(v) for v in rng.choice(np.arange(1, 16373), n + 2, replace=False))
     labels = [int(v) for v in rng.permutation(np.resize(np.arange(1, 8), n))]
     lengths = _lengths(rng, n)
@@ -396,7 +396,7 @@ def _dfew(rng: np.random.Generator) -> Plan:
 def _ferv39k(rng: np.random.Generator) -> Plan:
     plan = Plan("ferv39k")
     scenes = ("Action", "Daily", "Crime", "Romance")
-    classes = [c for c in FERV39K_CLASSES for _ in range(4)]
+    classes = [c for c in FERV39K_CLASSES for _ in range(8)]
     lengths = _lengths(rng, len(classes))
     lines: dict[str, list[str]] = {"train": [], "test": []}
     for i, (cls, length) in enumerate(zip(classes, lengths)):
