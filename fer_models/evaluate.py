@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,61 +68,55 @@ def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, de
     return EvalResult(metrics, y_true, y_score, sample_ids)
 
 
-def _plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
+@contextmanager
+def plot_to(path: Path, figsize: tuple[float, float]) -> Iterator[Any]:
+    """Axes of a new figure, saved as a PNG at `path` on exit (matplotlib's file-only Agg backend:
+    no display here; imported on first use, so runs that plot nothing never load it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(names), 1 + 0.6 * len(names)))
+    fig, ax = plt.subplots(figsize=figsize)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def _plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true", title=title)
-    ax.set_xticklabels(names, rotation=45, ha="right")
-    ax.set_yticklabels(names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plot_to(path, (1 + 0.6 * len(names), 1 + 0.6 * len(names))) as ax:
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true", title=title)
+        ax.set_xticklabels(names, rotation=45, ha="right")
+        ax.set_yticklabels(names)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
 
 
 def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = sorted({k for h in history for k in h if k != "epoch" and "images_per_s" not in k})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in keys:
-        ax.plot([h["epoch"] for h in history if k in h], [h[k] for h in history if k in h], marker="o", label=k)
-    ax.set(xlabel="epoch", title="training curves")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plot_to(path, (6, 4)) as ax:
+        for k in keys:
+            ax.plot([h["epoch"] for h in history if k in h], [h[k] for h in history if k in h], marker="o", label=k)
+        ax.set(xlabel="epoch", title="training curves")
+        ax.legend(fontsize=6)
 
 
 def _plot_au_f1(f1: dict[int, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(f1), 3.5))
-    ax.bar([f"AU{au}" for au in f1], [0.0 if math.isnan(v) else v for v in f1.values()], color="tab:blue")
     known = [v for v in f1.values() if not math.isnan(v)]
-    if known:
-        ax.axhline(float(np.mean(known)), color="tab:red", linestyle="--", label=f"mean {np.mean(known):.3f}")
-        ax.legend(fontsize=7)
-    ax.set(ylim=(0, 1), ylabel="F1", title="per-AU F1")
-    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plot_to(path, (1.5 + 0.45 * len(f1), 3.5)) as ax:
+        ax.bar([f"AU{au}" for au in f1], [0.0 if math.isnan(v) else v for v in f1.values()], color="tab:blue")
+        if known:
+            ax.axhline(float(np.mean(known)), color="tab:red", linestyle="--", label=f"mean {np.mean(known):.3f}")
+            ax.legend(fontsize=7)
+        ax.set(ylim=(0, 1), ylabel="F1", title="per-AU F1")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
 
 
 def write_report(result: EvalResult, out: Path, history: list[dict[str, Any]] | None = None,

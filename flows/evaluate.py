@@ -11,7 +11,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from fer_data.loaders import select
-from fer_models.evaluate import evaluate
+from fer_models.evaluate import evaluate, plot_to
 from fer_models.metrics import cross_dataset_eval
 from fer_models.train import load_run
 
@@ -35,22 +35,14 @@ def score_run(run: str, datasets: list[str]) -> list[tuple[str, str, Any, Any]]:
 
 
 def plot_matrix(table, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * table.shape[1], 1 + 0.5 * table.shape[0]))
-    ax.imshow(table.values, cmap="viridis", vmin=0, vmax=1)
-    ax.set(xticks=range(table.shape[1]), yticks=range(table.shape[0]), title=title, xlabel="test", ylabel="run")
-    ax.set_xticklabels(table.columns, rotation=45, ha="right")
-    ax.set_yticklabels(table.index)
-    for i in range(table.shape[0]):
-        for j in range(table.shape[1]):
-            ax.text(j, i, f"{table.values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plot_to(path, (1.2 + 0.8 * table.shape[1], 1 + 0.5 * table.shape[0])) as ax:
+        ax.imshow(table.values, cmap="viridis", vmin=0, vmax=1)
+        ax.set(xticks=range(table.shape[1]), yticks=range(table.shape[0]), title=title, xlabel="test", ylabel="run")
+        ax.set_xticklabels(table.columns, rotation=45, ha="right")
+        ax.set_yticklabels(table.index)
+        for i in range(table.shape[0]):
+            for j in range(table.shape[1]):
+                ax.text(j, i, f"{table.values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{out}")
