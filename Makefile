@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## sample raw data -> ingest of every dataset -> catalog -> train -> metrics, via dvc repro
+## sample raw data -> ingest of every dataset -> catalog -> train -> metrics, via dvc repro against one
+## Prefect server for the whole run (started here unless one answers; runs stay visible in `make ui`)
 demo: setup
-	dvc repro
+	scripts/with-prefect-server dvc repro
 	fer stats --catalog data/catalog.duckdb
 	dvc metrics show runs/*/metrics.json runs/pe_clip/ferv39k/metrics.json metrics/auformer_folds.json metrics/pe_clip_folds.json
 	@echo "catalog: $(CURDIR)/data/catalog.duckdb  (Parquet: data/catalog/)"

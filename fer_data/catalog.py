@@ -153,18 +153,23 @@ SHARD_COLUMNS = ["path", "dataset", "split", "n_samples", "bytes", "sha256", "fi
 REJECT_COLUMNS = ["dataset", "source_path", "stage", "reason", "detail"]
 
 
+COLUMNS = {"samples": SAMPLE_COLUMNS, "au_labels": AU_COLUMNS, "rejects": REJECT_COLUMNS, "shards": SHARD_COLUMNS}
+_INSERT_ROWS = 20_000  # rows of one table gathered per INSERT: few statements, bounded memory
+
+
 @dataclass
 class DatasetRows:
-    """Everything one ingest of one dataset puts in the catalog, replaced as a unit."""
+    """Everything one ingest of one dataset puts in the catalog, replaced as a unit.
+
+    `parts` yields {table: rows} pieces (one shard's worth each), so a million-row dataset goes
+    in without ever being in memory at once.
+    """
 
     dataset: str
     raw_root: str
-    samples: list[dict[str, Any]]
-    au_labels: list[dict[str, Any]]
-    rejects: list[dict[str, Any]]
-    shards: list[dict[str, Any]]
     rows_read: int
     params: dict[str, Any]
+    parts: Iterable[dict[str, list[dict[str, Any]]]]
 
 
 def connect(path: str | Path, read_only: bool = False, wait_s: float = 60.0) -> duckdb.DuckDBPyConnection:
@@ -221,22 +226,29 @@ def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path
     """Swap one dataset's rows in all tables: all of the new run or, if anything fails, the old one;
     then, with `parquet_dir`, `export_parquet` over the same connection (a second open costs more
     than the export)."""
-    frames = {
-        "samples": _frame(rows.samples, SAMPLE_COLUMNS),
-        "au_labels": _frame(rows.au_labels, AU_COLUMNS),
-        "rejects": _frame(rows.rejects, REJECT_COLUMNS),
-        "shards": _frame(rows.shards, SHARD_COLUMNS),
-    }
-
     def fill() -> None:
-        for table, df in frames.items():
-            if len(df):
-                con.register("incoming", df)
-                con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM incoming")
-                con.unregister("incoming")
+        counts = dict.fromkeys(COLUMNS, 0)
+        pending: dict[str, list[dict[str, Any]]] = {table: [] for table in COLUMNS}
+
+        def insert(table: str) -> None:
+            df = _frame(pending[table], COLUMNS[table])
+            con.register("incoming", df)
+            con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM incoming")
+            con.unregister("incoming")
+            counts[table] += len(df)
+            pending[table] = []
+
+        for part in rows.parts:
+            for table, items in part.items():
+                pending[table].extend(items)
+                if len(pending[table]) >= _INSERT_ROWS:
+                    insert(table)
+        for table, items in pending.items():
+            if items:
+                insert(table)
         con.execute(
             "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, now())",
-            [rows.dataset, rows.raw_root, rows.rows_read, len(rows.samples), len(rows.rejects),
+            [rows.dataset, rows.raw_root, rows.rows_read, counts["samples"], counts["rejects"],
              json.dumps(rows.params, sort_keys=True)],
         )
 

@@ -15,12 +15,11 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
-from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import cv2
 import numpy as np
@@ -31,6 +30,7 @@ from fer_data.datasets import BadRow, get_adapter
 from fer_data.faces.detectors import DETECTORS
 from fer_data.faces.stage import AlignedFace, FaceAligner, FaceConfig, backend_for
 from fer_data.labels import LABEL_SPACES
+from fer_data.record_store import RecordStore
 from fer_data.records import Record, Reject
 from fer_data.video import Clip, tsn_indices
 
@@ -252,59 +252,90 @@ class Worker:
         return out
 
 
-def _ordered(pool: ThreadPoolExecutor, fn: Callable, batches: list, window: int) -> Iterator:
-    """pool.map that keeps at most `window` batches in flight, results in input order."""
-    pending: deque = deque()
-    for batch in batches:
-        pending.append(pool.submit(fn, batch))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+def _input_key(rec: Record) -> list[Any]:
+    """Cheap identity of one input: id, labels, path and file size/mtime (content is hashed later)."""
+    p = Path(rec.source_path.split("#", 1)[0])
+    st = p.stat() if p.is_file() else None
+    return [rec.sample_id, shard_labels(rec), rec.source_path, st and [st.st_size, st.st_mtime_ns], rec.landmarks,
+            rec.face_box]
 
 
-def _input_fingerprint(records: list[Record]) -> list[Any]:
-    """Cheap identity of the inputs: ids, labels, paths and file size/mtime (content is hashed later)."""
-    def stat(path: str) -> list[int] | None:
-        p = Path(path.split("#", 1)[0])
-        if not p.is_file():
-            return None
-        st = p.stat()
-        return [st.st_size, st.st_mtime_ns]
-
-    return [[r.sample_id, shard_labels(r), r.source_path, stat(r.source_path), r.landmarks, r.face_box]
-            for r in records]
+SPEED_ONLY = ("threads", "workers", "chunk_frames")  # settings that change speed, never a shard's bytes
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything besides the inputs that decides the shards' bytes (and so their fingerprint)."""
+    """Every ingest setting and its default, in one place: `fer ingest`, the Prefect flow and the
+    library all build this. All but `SPEED_ONLY` decide the shards' bytes (and so their fingerprint)."""
 
     detector: str = "auto"
     size: int = 224
     quality: int = 95
     shard_samples: int = 1000
     shard_bytes: int = 256 * 2**20
-    batch_size: int = 16
+    batch_size: int = 16  # records per detector batch
     detector_model: str | None = None
     segments: int = 16
-    threads: int = 1  # onnxruntime threads per detector session: speed only, not in the fingerprint
+    workers: int | None = None  # worker threads; None: `share_cores` decides
+    threads: int = 1  # onnxruntime threads per detector session; `share_cores` sets it
+    # Frames per unit of work handed to a runner (a Prefect task, a Dask future): coarse enough that
+    # orchestration is a small part of the work, small enough that the window of units in flight
+    # (2 per worker, encoded crops included) stays a few tens of MB.
+    chunk_frames: int = 1024
+
+    def __post_init__(self) -> None:
+        FaceConfig(detector=self.detector, size=self.size)  # names the bad value before anything is read
+        for name in ("quality", "shard_samples", "shard_bytes", "batch_size", "segments", "chunk_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ingest setting {name}={getattr(self, name)}: expected at least 1")
 
     def params(self) -> dict[str, Any]:
-        return {**{k: v for k, v in asdict(self).items() if k != "threads"}, "version": SHARD_FORMAT}
+        return {**{k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}, "version": SHARD_FORMAT}
 
 
-def process_batch(settings: Settings, batch: list[Record]) -> list[tuple[Record, dict[str, Any] | Reject]]:
+Results = list[tuple[Record, dict[str, Any] | Reject]]
+
+
+class Chunk:
+    """A run of consecutive batches of one split: the unit a runner schedules. A plain object, so an
+    orchestrator passes it through as one value instead of walking a thousand records."""
+
+    __slots__ = ("split", "index", "batches")
+
+    def __init__(self, split: str, index: int, batches: list[list[Record]]) -> None:
+        self.split, self.index, self.batches = split, index, batches
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def process_batch(settings: Settings, batch: list[Record]) -> Results:
     """Decode, align and encode a batch; wherever it runs (a thread, a Dask worker) it keeps one Worker,
     so one detector session, per thread."""
     cache = getattr(_local, "workers", None)
     if cache is None:
         cache = _local.workers = {}
-    if settings not in cache:
+    key = replace(settings, workers=None, chunk_frames=1)  # a Worker depends on neither
+    if key not in cache:
         faces = FaceConfig(detector=settings.detector, size=settings.size, model_path=settings.detector_model,
                            threads=settings.threads)
-        cache[settings] = Worker(faces, settings.quality, settings.segments)
-    return cache[settings](batch)
+        cache[key] = Worker(faces, settings.quality, settings.segments)
+    return cache[key](batch)
+
+
+class Processed:
+    """A chunk's results in record order. One plain object, so an orchestrator tracks one result
+    per chunk (Prefect links every item of a returned list to its task run)."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: Results) -> None:
+        self.results = results
+
+
+def process_chunk(settings: Settings, chunk: Chunk) -> Processed:
+    """A chunk's batches through `process_batch`."""
+    return Processed([res for batch in chunk.batches for res in process_batch(settings, batch)])
 
 
 class OutputLock:
@@ -346,30 +377,35 @@ class OutputLock:
 
 
 class IngestJob:
-    """One ingest of one dataset, in steps an orchestrator can drive: `batches(split)` to process
+    """One ingest of one dataset, in steps a driver runs (`drive`): `chunks(split)` to process
     anywhere, `write(split, results)` in order, `close(split)`, then `finish()` for the catalog.
 
-    Resumable: shards completed by an earlier, interrupted run with the same fingerprint are kept,
-    and their records are not handed out again. Holds `OutputLock` on `out` from the end of
-    reading the records until `finish` (or leaving a `with` block).
+    The adapter's rows are read once into a `RecordStore` on disk and walked split by split, so
+    memory stays flat at any dataset size. Resumable: shards completed by an earlier, interrupted
+    run with the same fingerprint are kept, and their records are not handed out again. Holds
+    `OutputLock` on `out` from the end of reading the records until `finish` (or leaving a `with`).
     """
 
     def __init__(self, dataset: str, raw_root: str | Path, out: str | Path, settings: Settings = Settings()) -> None:
-        FaceConfig(detector=settings.detector, size=settings.size)  # validate before reading anything
         self.adapter = get_adapter(dataset)
         self.raw_root = Path(raw_root)
         self.out = Path(out)
         self.settings = settings
-        self.items = list(self.adapter.records(raw_root))
-        records, self.rejects = _dedupe(self.items)
-        self.by_split: dict[str, list[Record]] = {}
-        for rec in sorted(records, key=lambda r: r.sample_id):
-            self.by_split.setdefault(rec.split, []).append(rec)
+        self.needs_detector = False
+
+        def seen(rec: Record) -> None:
+            self.needs_detector = self.needs_detector or backend_for(rec, settings.detector) in DETECTORS
+
+        self.store = RecordStore(self.adapter.records(raw_root), _input_key, seen)
         self.shard_dir = self.out / "shards" / self.adapter.name
         self.writers: dict[str, shards.ShardWriter] = {}
-        self.n_records = len(records)
+        self.n_records = self.store.n_records
         self.n_done = 0
-        self.lock = OutputLock(self.out, f"ingest of {self.adapter.name}")
+        try:
+            self.lock = OutputLock(self.out, f"ingest of {self.adapter.name}")
+        except BaseException:
+            self.store.close()
+            raise
 
     def __enter__(self) -> IngestJob:
         return self
@@ -378,28 +414,49 @@ class IngestJob:
         for writer in self.writers.values():
             writer.abandon()  # after an error: the unfinished shard's temp file, which a resumed run deletes
         self.lock.release()
-
-    @property
-    def needs_detector(self) -> bool:
-        return any(backend_for(r, self.settings.detector) in DETECTORS for recs in self.by_split.values() for r in recs)
+        self.store.close()
 
     @property
     def splits(self) -> list[str]:
-        return sorted(self.by_split)
+        return self.store.splits
 
-    def batches(self, split: str) -> list[list[Record]]:
-        """The records of `split` not yet in complete shards, in batches, in shard order."""
-        recs = self.by_split[split]
-        fp = shards.fingerprint(self.settings.params(), _input_fingerprint(recs))
-        writer = self.writers[split] = shards.ShardWriter(self.shard_dir, split, fp, self.settings.shard_samples,
-                                                          self.settings.shard_bytes)
-        done = writer.processed_ids
-        todo = [r for r in recs if r.sample_id not in done]
-        self.n_done += len(recs) - len(todo)
+    def _fingerprint(self, split: str) -> str:
+        """`shards.fingerprint(params, [key, ...])` over the split's stored keys, streamed."""
+        h = hashlib.sha256(json.dumps(self.settings.params(), sort_keys=True, default=str).encode())
+        h.update(b"[")
+        for i, key in enumerate(self.store.keys(split)):
+            h.update(b", " + key.encode() if i else key.encode())
+        h.update(b"]")
+        return h.hexdigest()
+
+    def chunks(self, split: str) -> Iterator[Chunk]:
+        """The records of `split` not yet in complete shards, read lazily in shard order, as batches
+        of `batch_size` grouped into chunks of about `chunk_frames` frames and at most a shard."""
+        writer = self.writers[split] = shards.ShardWriter(self.shard_dir, split, self._fingerprint(split),
+                                                          self.settings.shard_samples, self.settings.shard_bytes)
+        skip = writer.n_processed  # complete shards hold exactly the first records in shard order
+        self.n_done += skip
         size = self.settings.batch_size
-        return [todo[i:i + size] for i in range(0, len(todo), size)]
+        frames = self.settings.segments if self.adapter.kind == "clip" else 1
+        # batches per chunk: about `chunk_frames` frames, at most a shard's worth of records
+        per_chunk = max(1, min(self.settings.chunk_frames // frames, self.settings.shard_samples) // size)
+        batch: list[Record] = []
+        batches: list[list[Record]] = []
+        index = 0
+        for rec in self.store.records(split, skip):
+            batch.append(rec)
+            if len(batch) == size:
+                batches.append(batch)
+                batch = []
+                if len(batches) == per_chunk:
+                    yield Chunk(split, index, batches)
+                    batches, index = [], index + 1
+        if batch:
+            batches.append(batch)
+        if batches:
+            yield Chunk(split, index, batches)
 
-    def write(self, split: str, results: list[tuple[Record, dict[str, Any] | Reject]]) -> None:
+    def write(self, split: str, results: Results) -> None:
         writer = self.writers[split]
         for rec, res in results:
             if isinstance(res, Reject):
@@ -418,41 +475,51 @@ class IngestJob:
         finally:
             self.lock.release()
 
+    def _parts(self) -> Iterator[dict[str, list[dict[str, Any]]]]:
+        """The catalog rows, one shard's stats at a time: the adapter's rejects, then each shard's
+        samples, AU labels, carried rejects and its `shards` row."""
+        name = self.adapter.name
+        yield {"rejects": [asdict(r) for r in self.store.rejects()]}
+        for split, writer in sorted(self.writers.items()):
+            for summary in writer.done:
+                stats = writer.read_stats(summary)
+                rel = None if stats["shard"] is None else f"shards/{name}/{stats['shard']}"
+                yield {
+                    "samples": [{**item["row"], "shard": rel} for item in stats["samples"]],
+                    "au_labels": [au for item in stats["samples"] for au in item["aus"]],
+                    "rejects": [c["reject"] for c in stats["carried"]],
+                    "shards": [] if rel is None else [{
+                        "path": rel, "dataset": name, "split": split, "n_samples": stats["n_samples"],
+                        "bytes": stats["bytes"], "sha256": stats["sha256"], "fingerprint": stats["fingerprint"]}],
+                }
+
     def _finish(self) -> IngestResult:
         name = self.adapter.name
-        samples, aus, shard_rows, info_splits = [], [], [], {}
-        rejects = list(self.rejects)
-        for split, writer in sorted(self.writers.items()):
-            info_splits[split] = {"n_samples": 0, "shards": []}
-            for stats in writer.done:
-                rel = None if stats["shard"] is None else f"shards/{name}/{stats['shard']}"
-                for item in stats["samples"]:
-                    samples.append({**item["row"], "shard": rel})
-                    aus.extend(item["aus"])
-                rejects.extend(Reject(**c["reject"]) for c in stats["carried"])
-                if rel:
-                    shard_rows.append({"path": rel, "dataset": name, "split": split, "n_samples": stats["n_samples"],
-                                       "bytes": stats["bytes"], "sha256": stats["sha256"],
-                                       "fingerprint": stats["fingerprint"]})
-                    info_splits[split]["n_samples"] += stats["n_samples"]
-                    info_splits[split]["shards"].append(stats["shard"])
-        if len(samples) + len(rejects) != len(self.items):
-            raise AssertionError(f"{name}: {len(self.items)} rows read but {len(samples)} samples + "
-                                 f"{len(rejects)} rejects")
+        done = [(split, s) for split, writer in sorted(self.writers.items()) for s in writer.done]
+        n_samples = sum(s["n_samples"] for _, s in done)
+        n_rejects = self.store.n_rejects + sum(s["n_carried"] for _, s in done)
+        if n_samples + n_rejects != self.store.n_rows:
+            raise AssertionError(f"{name}: {self.store.n_rows} rows read but {n_samples} samples + "
+                                 f"{n_rejects} rejects")
+        info_splits: dict[str, dict[str, Any]] = {}
+        for split, s in done:
+            entry = info_splits.setdefault(split, {"n_samples": 0, "shards": []})
+            if s["shard"] is not None:
+                entry["n_samples"] += s["n_samples"]
+                entry["shards"].append(s["shard"])
         self.shard_dir.mkdir(parents=True, exist_ok=True)  # no writer made it when the adapter rejected every row
         shards.prune(self.shard_dir, [s for split in info_splits.values() for s in split["shards"]])
         params = self.settings.params()
         shards.write_info(self.shard_dir, {
             "dataset": name, "splits": info_splits, "params": params,
-            "fingerprint": shards.fingerprint(params, [s["fingerprint"] for s in shard_rows]),
+            "fingerprint": shards.fingerprint(params, [s["fingerprint"] for _, s in done if s["shard"] is not None]),
             "label_spaces": LABEL_SPACES, "kind": self.adapter.kind,
         })
         path = self.out / "catalog.duckdb"
         catalog.replace_dataset(path, catalog.DatasetRows(
-            dataset=name, raw_root=str(self.raw_root.resolve()), samples=samples, au_labels=aus,
-            rejects=[asdict(r) for r in rejects], shards=shard_rows, rows_read=len(self.items), params=params,
-        ), parquet_dir=self.out / "catalog")
-        return IngestResult(name, len(self.items), len(samples), len(rejects), path)
+            dataset=name, raw_root=str(self.raw_root.resolve()), rows_read=self.store.n_rows, params=params,
+            parts=self._parts()), parquet_dir=self.out / "catalog")
+        return IngestResult(name, self.store.n_rows, n_samples, n_rejects, path)
 
 
 def share_cores(workers: int | None, needs_detector: bool) -> tuple[int, int]:
@@ -467,36 +534,68 @@ def share_cores(workers: int | None, needs_detector: bool) -> tuple[int, int]:
     return max(1, workers), max(1, cores // max(1, workers))
 
 
-def ingest(dataset: str, raw_root: str | Path, out: str | Path, detector: str = "auto", workers: int | None = None,
+class Runner(Protocol):
+    """What `drive` needs of an executor: start `process_chunk(settings, chunk)` somewhere, and a
+    handle whose result it waits for in order (a thread pool's future, a Prefect or Dask future)."""
+
+    def submit(self, settings: Settings, chunk: Chunk) -> Any: ...
+
+    def result(self, handle: Any) -> Processed: ...
+
+
+class ThreadRunner:
+    """`process_chunk` on a thread pool: the library's own runner (`fer ingest --runner none`)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ThreadPoolExecutor(workers)
+
+    def submit(self, settings: Settings, chunk: Chunk) -> Future:
+        return self.pool.submit(process_chunk, settings, chunk)
+
+    def result(self, handle: Future) -> Processed:
+        return handle.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def drive(job: IngestJob, runner: Runner, window: int,
+          on_progress: Callable[[int, int], None] | None = None) -> IngestResult:
+    """The one drive loop of every runner: at most `window` chunks in flight, results written to
+    shards in record order and dropped as soon as they are written, then the catalog swap."""
+    def write_oldest() -> None:
+        job.write(split, runner.result(pending.popleft()).results)
+        if on_progress:
+            on_progress(job.n_done, job.n_records)
+
+    for split in job.splits:
+        pending: deque = deque()
+        for chunk in job.chunks(split):
+            pending.append(runner.submit(job.settings, chunk))
+            if len(pending) >= window:
+                write_oldest()
+        while pending:
+            write_oldest()
+        job.close(split)
+    return job.finish()
+
+
+def start(job: IngestJob) -> int:
+    """Share the cores for this job (`share_cores`, now that the records say whether a detector
+    runs) and return the worker count; `job.settings` gets the detector threads."""
+    workers, threads = share_cores(job.settings.workers, job.needs_detector)
+    job.settings = replace(job.settings, workers=workers, threads=threads)
+    return workers
+
+
+def ingest(dataset: str, raw_root: str | Path, out: str | Path,
            on_progress: Callable[[int, int], None] | None = None, **settings: Any) -> IngestResult:
     """Raw layout -> aligned crops in WebDataset shards -> this dataset's rows in OUT/catalog.duckdb,
-    with `workers` threads, None = chosen by `share_cores` (see flows.ingest for the same job on
-    Prefect task runners, Dask included)."""
-    with IngestJob(dataset, raw_root, out, Settings(detector=detector, **settings)) as job:
-        workers, threads = share_cores(workers, job.needs_detector)
-        job.settings = replace(job.settings, threads=threads)
-        with ThreadPoolExecutor(workers) as pool:
-            for split in job.splits:
-                batches = job.batches(split)
-                for results in _ordered(pool, partial(process_batch, job.settings), batches, window=2 * workers):
-                    job.write(split, results)
-                    if on_progress:
-                        on_progress(job.n_done, job.n_records)
-                job.close(split)
-        return job.finish()
-
-
-def _dedupe(items: Iterable[Record | Reject]) -> tuple[list[Record], list[Reject]]:
-    """Split records from rejects; a sample id seen twice keeps its first row and rejects the others."""
-    records: list[Record] = []
-    rejects: list[Reject] = []
-    seen: set[str] = set()
-    for item in items:
-        if isinstance(item, Reject):
-            rejects.append(item)
-        elif item.sample_id in seen:
-            rejects.append(Reject(item.dataset, item.source_path, "adapter", "duplicate_sample_id", item.sample_id))
-        else:
-            seen.add(item.sample_id)
-            records.append(item)
-    return records, rejects
+    on a thread pool; `settings` are `Settings` fields (flows.ingest drives the same job from
+    Prefect tasks, Dask included)."""
+    with IngestJob(dataset, raw_root, out, Settings(**settings)) as job:
+        runner = ThreadRunner(start(job))
+        try:
+            return drive(job, runner, window=2 * job.settings.workers, on_progress=on_progress)
+        finally:
+            runner.close()

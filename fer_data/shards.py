@@ -78,7 +78,9 @@ class ShardWriter:
 
     `add` takes one sample (its members, from `encode_sample`) and a metadata dict; `carry` notes
     anything else decided while reading up to this point (rejects). Both land in the shard's
-    stats file, which is how a resumed run learns what was already done.
+    stats file, which is how a resumed run learns what was already done. `done` keeps only each
+    complete shard's summary (`read_stats` gives the rest back), so a writer's memory is one
+    shard's metadata whatever the dataset's size.
 
     Samples stream into the shard's temp file and running sha256 as they come, so hashing and
     writing overlap the workers instead of stalling them at the cut, and a 256 MiB shard is
@@ -118,7 +120,7 @@ class ShardWriter:
             stats = json.loads(stats_path.read_text())
             if stats["fingerprint"] != self.fingerprint or stats["bytes"] != tar_path.stat().st_size:
                 return
-            yield stats
+            yield _summary(stats)
             index += 1
 
     def _remove_incomplete(self) -> None:
@@ -129,9 +131,16 @@ class ShardWriter:
                 path.unlink()
 
     @property
-    def processed_ids(self) -> set[str]:
-        """Ids of everything the complete shards account for: samples and carried items."""
-        return {item["sample_id"] for s in self.done for item in s["samples"] + s["carried"]}
+    def n_processed(self) -> int:
+        """Items the complete shards account for (samples and carried): the first that many of the
+        inputs in write order, since shards are cut in that order."""
+        return sum(s["n_samples"] + s["n_carried"] for s in self.done)
+
+    def read_stats(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The whole stats of a shard in `done` (its samples' and carried items' metadata)."""
+        if summary["shard"] is None:
+            return summary
+        return json.loads((self.directory / (summary["shard"] + STATS_SUFFIX)).read_text())
 
     def add(self, sample: Sample, meta: dict[str, Any]) -> None:
         if self._samples and (len(self._samples) >= self.max_samples or self._bytes + sample.size > self.max_bytes):
@@ -168,7 +177,7 @@ class ShardWriter:
             "carried": self._carried,
         }
         _write_atomic(self.directory / (name + STATS_SUFFIX), json.dumps(stats, sort_keys=True).encode())
-        self.done.append(stats)
+        self.done.append(_summary(stats))
         self._file, self._hash, self._size = None, None, 0
         self._samples, self._carried, self._bytes = [], [], 0
 
@@ -183,9 +192,15 @@ class ShardWriter:
         if self._samples:
             self._flush()
         elif self._carried:
-            self.done.append({"shard": None, "n_samples": 0, "samples": [], "carried": self._carried})
+            self.done.append({"shard": None, "n_samples": 0, "n_carried": len(self._carried), "samples": [],
+                              "carried": self._carried})
             self._carried = []
         return self.done
+
+
+def _summary(stats: dict[str, Any]) -> dict[str, Any]:
+    """A complete shard's stats without the per-item lists."""
+    return {**{k: v for k, v in stats.items() if k not in ("samples", "carried")}, "n_carried": len(stats["carried"])}
 
 
 def prune(directory: Path, keep: Iterable[str]) -> None:

@@ -17,10 +17,14 @@ def sample(sample_id: str, dataset: str, split: str = "train", **labels) -> dict
             "source_path": f"/raw/{sample_id}.jpg", **labels}
 
 
-def rows(dataset: str, samples: list[dict], aus: list[dict] | None = None, rejects: int = 0) -> DatasetRows:
+def rows(dataset: str, samples: list[dict], aus: list[dict] | None = None, rejects: int = 0,
+         shards: list[dict] | None = None) -> DatasetRows:
     bad = [{"dataset": dataset, "source_path": f"/raw/bad{i}", "stage": "adapter", "reason": "unparsable_row",
             "detail": ""} for i in range(rejects)]
-    return DatasetRows(dataset, "/raw", samples, aus or [], bad, [], len(samples) + rejects, {})
+    # two parts, as an ingest hands them over shard by shard
+    parts = [{"samples": samples[:1], "au_labels": aus or [], "rejects": bad},
+             {"samples": samples[1:], "shards": shards or []}]
+    return DatasetRows(dataset, "/raw", len(samples) + rejects, {}, parts)
 
 
 @pytest.fixture
@@ -93,9 +97,9 @@ def test_failed_swap_keeps_previous_rows(db: Path) -> None:
 def test_merge_and_parquet_partitions(db: Path, tmp_path: Path) -> None:
     part = tmp_path / "ingest" / "fairface" / "catalog.duckdb"
     part_rows = rows("fairface", [sample("f7", "fairface", gender=1, shard="shards/fairface/train-00000.tar")],
-                     rejects=1)
-    part_rows.shards = [{"path": "shards/fairface/train-00000.tar", "dataset": "fairface", "split": "train",
-                         "n_samples": 1, "bytes": 10, "sha256": "0" * 64, "fingerprint": "f"}]
+                     rejects=1, shards=[{"path": "shards/fairface/train-00000.tar", "dataset": "fairface",
+                                         "split": "train", "n_samples": 1, "bytes": 10, "sha256": "0" * 64,
+                                         "fingerprint": "f"}])
     catalog.replace_dataset(part, part_rows)
     merged = catalog.merge([part], db)
     assert merged == ["fairface"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -99,10 +100,23 @@ def rows(path: Path, columns: tuple[str, ...], delimiter: str | None = None,
     comma, tab, semicolon and whitespace unless given. Rows with too few fields come back as
     Rejects (dataset filled in by the caller); blank lines are skipped.
     """
-    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        yield from _rows(f, path, columns, delimiter, optional)
+
+
+def _rows(lines: Iterable[str], path: Path, columns: tuple[str, ...], delimiter: str | None,
+          optional: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]] | Reject]:
+    """`rows` over an open file, line by line: a 1M-row label file is never held whole in memory."""
+    lines = (ln.rstrip("\r\n") for ln in lines)
     if delimiter is None:
-        sample = next((ln for ln in lines if ln.strip()), "")
+        head: list[str] = []  # up to the first non-blank line (the header or first row), which decides
+        for line in lines:
+            head.append(line)
+            if line.strip():
+                break
+        sample = head[-1] if head else ""
         delimiter = next((d for d in (",", "\t", ";") if d in sample), " ")
+        lines = itertools.chain(head, lines)
     split: Callable[[str], list[str]]
     if delimiter == " ":
         split = str.split

@@ -65,18 +65,36 @@ def _majority(votes: list[int]) -> int:
     return EMOTION_ID[FERPLUS_VOTES[best]]
 
 
+class _RowCursor:
+    """fer2013.csv's pixels by row index, read forward in step with fer2013new.csv (the same rows in
+    the same order), so FERPlus never holds FER2013's 35k (or a larger release's) pixel strings."""
+
+    def __init__(self, path: Path) -> None:
+        self._rows = (r for r in rows(path, FER2013_COLUMNS, ",") if not isinstance(r, Reject))
+        self._at: tuple[int, dict[str, str]] | None = None
+
+    def get(self, index: int) -> str | None:
+        """The pixels of data row `index` (indices asked in increasing order), None if it has none."""
+        while self._at is None or self._at[0] < index:
+            self._at = next(self._rows, None)
+            if self._at is None:
+                self._at = (2**62, {})  # past the end: every later row is missing
+        return self._at[1]["pixels"] if self._at[0] == index else None
+
+
 @register("ferplus", ("emotion",), "FERPlus: 8 emotions by majority of 10 votes over FER2013 images (votes kept)")
 def read_ferplus(root: Path) -> Iterator[Item]:
     labels = find_file(root, "fer2013new.csv", "FERPlus/fer2013new.csv")
     fer = find_file(root, "fer2013.csv", "fer2013/fer2013.csv")
-    pixels = {i: row["pixels"] for i, row in (r for r in rows(fer, FER2013_COLUMNS, ",") if not isinstance(r, Reject))}
+    pixels = _RowCursor(fer)
 
     def parse(i: int, row: dict[str, str]) -> Record:
         name = row["Image name"]
         if not name:
             raise BadRow("not_a_face", f"row {i} has no image name (FERPlus marks non-faces so)")
         votes = [to_int(row[v], range(11), f"{v} votes") for v in FERPLUS_VOTES]
-        if i not in pixels:
+        text = pixels.get(i)
+        if text is None:
             raise BadRow("missing_file", f"row {i} of {fer} is missing or unreadable")
         return Record(
             sample_id=f"ferplus:{name}",
@@ -85,7 +103,7 @@ def read_ferplus(root: Path) -> Iterator[Item]:
             source_path=f"{fer}#row={i}",
             emotion=_majority(votes),
             aligned=True,
-            pixels=_pixels(pixels[i]),
+            pixels=_pixels(text),
             extra={"votes": dict(zip(FERPLUS_VOTES, votes)), "image_name": name},
         )
 

@@ -1,0 +1,141 @@
+"""The adapter's rows on disk: an ingest reads a release once and then walks it in shard order
+without holding it, so its memory does not grow with the dataset (AffectNet's 290k records, a
+1M-row CSV with pixels inside).
+
+A temporary SQLite file keyed by sample id: records come back per split in sample-id order (the
+order shards are written in), and the key finds a repeated id (the first row wins, later ones
+become rejects). Records are stored as JSON plus the raw pixels a label file carries (FER2013),
+read back with `allow_pickle=False`: nothing in the file runs as code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, fields
+from typing import Any
+
+import numpy as np
+
+from fer_data.records import Record, Reject
+
+_FIELDS = [f.name for f in fields(Record) if f.name != "pixels"]
+_COMMIT_EVERY = 10_000  # rows per insert transaction
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in a record (landmarks an adapter computed) as JSON numbers, same values."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} in a record is not JSON")
+
+
+def _pack(rec: Record) -> tuple[str, bytes | None]:
+    values = {name: getattr(rec, name) for name in _FIELDS}
+    values["aus"] = [[au, present, intensity] for au, (present, intensity) in rec.aus.items()]
+    text = json.dumps(values, default=_plain)
+    if rec.pixels is None:
+        return text, None
+    buf = io.BytesIO()
+    np.save(buf, rec.pixels, allow_pickle=False)
+    return text, buf.getvalue()
+
+
+def _unpack(text: str, pixels: bytes | None) -> Record:
+    values: dict[str, Any] = json.loads(text)
+    values["aus"] = {au: (present, intensity) for au, present, intensity in values["aus"]}
+    for name in ("face_box", "frame_range"):
+        if values[name] is not None:
+            values[name] = tuple(values[name])
+    if values["landmarks"] is not None:
+        values["landmarks"] = tuple(tuple(p) for p in values["landmarks"])
+    if pixels is not None:
+        values["pixels"] = np.load(io.BytesIO(pixels), allow_pickle=False)
+    return Record(**values)
+
+
+class RecordStore:
+    """Every row of an adapter, read once: records by split in sample-id order, rejects in read order.
+
+    `key(rec)` is a JSON-able identity stored beside each record (the input fingerprint's item), so
+    a split's fingerprint is one pass over short strings, not over the records again.
+    """
+
+    def __init__(self, items: Iterable[Record | Reject], key: Callable[[Record], Any],
+                 seen: Callable[[Record], None] = lambda rec: None) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="fer-ingest-", suffix=".sqlite")
+        os.close(fd)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.executescript("""
+                PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+                CREATE TABLE records (sample_id TEXT NOT NULL UNIQUE, split TEXT NOT NULL, rec TEXT NOT NULL,
+                                      pixels BLOB, key TEXT NOT NULL);
+                CREATE TABLE rejects (reject TEXT NOT NULL);
+            """)
+            self.n_rows = self.n_records = self.n_rejects = 0
+            self._fill(items, key, seen)
+            self._db.execute("CREATE INDEX by_split ON records (split, sample_id)")
+        except BaseException:
+            self.close()
+            raise
+
+    def _fill(self, items: Iterable[Record | Reject], key: Callable[[Record], Any],
+              seen: Callable[[Record], None]) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        for item in items:
+            self.n_rows += 1
+            if isinstance(item, Record):
+                text, pixels = _pack(item)
+                try:
+                    db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+                               (item.sample_id, item.split, text, pixels,
+                                json.dumps(key(item), sort_keys=True, default=str)))
+                except sqlite3.IntegrityError:
+                    item = Reject(item.dataset, item.source_path, "adapter", "duplicate_sample_id", item.sample_id)
+                else:
+                    self.n_records += 1
+                    seen(item)
+            if isinstance(item, Reject):
+                db.execute("INSERT INTO rejects VALUES (?)", (json.dumps(asdict(item)),))
+                self.n_rejects += 1
+            if self.n_rows % _COMMIT_EVERY == 0:
+                db.execute("COMMIT")
+                db.execute("BEGIN")
+        db.execute("COMMIT")
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for (s,) in self._db.execute("SELECT DISTINCT split FROM records ORDER BY split")]
+
+    def count(self, split: str) -> int:
+        return self._db.execute("SELECT count(*) FROM records WHERE split = ?", (split,)).fetchone()[0]
+
+    def keys(self, split: str) -> Iterator[str]:
+        """The stored keys (JSON text) of `split` in sample-id order."""
+        for (key,) in self._db.execute("SELECT key FROM records WHERE split = ? ORDER BY sample_id", (split,)):
+            yield key
+
+    def records(self, split: str, skip: int = 0) -> Iterator[Record]:
+        """`split`'s records in sample-id order, after the first `skip` (a resumed run's done part)."""
+        cursor = self._db.execute("SELECT rec, pixels FROM records WHERE split = ? ORDER BY sample_id "
+                                  "LIMIT -1 OFFSET ?", (split, skip))
+        for text, pixels in cursor:
+            yield _unpack(text, pixels)
+
+    def rejects(self) -> Iterator[Reject]:
+        for (text,) in self._db.execute("SELECT reject FROM rejects ORDER BY rowid"):
+            yield Reject(**json.loads(text))
+
+    def close(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+            self._db = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
