@@ -18,7 +18,8 @@ import torch
 
 from fer_models.backbones import count_parameters
 from fer_models.config import TrainConfig
-from fer_models.methods import NUM_CLASSES, build_method
+from fer_data.labels import NUM_CLASSES
+from fer_models.methods import build_method
 from train_throughput import steps_per_s
 
 

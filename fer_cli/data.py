@@ -1,4 +1,4 @@
-"""`fer`: the command line over datasets, ingest, the catalog and (later stages) training."""
+"""The data commands of `fer`: datasets, sample data, ingest, the catalog (merge, sql, stats, audit), serve."""
 
 from __future__ import annotations
 
@@ -13,19 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(help="fer-pipeline: raw FER/AU/age-gender datasets -> catalog, shards, trained methods.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+from fer_data.faces import BACKENDS
+from fer_data.settings import Settings
+
+app = typer.Typer()  # merged into fer_cli.main's app
 console = Console()
 
 DEFAULT_CATALOG = Path("data/catalog.duckdb")
-
-
-class Detector(str, Enum):
-    auto = "auto"
-    centerface = "centerface"
-    scrfd = "scrfd"
-    given = "given"
-    none = "none"
+Detector = Enum("Detector", {name: name for name in BACKENDS}, type=str)  # --detector's choices
 
 
 class Format(str, Enum):
@@ -69,44 +64,55 @@ def datasets() -> None:
     console.print(table)
 
 
+class Runner(str, Enum):
+    local = "local"
+    dask = "dask"
+    none = "none"
+
+
+INGEST = Settings()  # the defaults of every ingest option
+
+
 @app.command()
 def ingest(
     dataset: Annotated[str, typer.Argument(help="adapter name, see `fer datasets`")],
     raw_root: Annotated[Path, typer.Argument(help="the dataset's raw root, in its native layout")],
     out: Annotated[Path, typer.Option(help="output folder: catalog.duckdb, catalog/ Parquet, shards/")] = Path("data"),
     detector: Annotated[Detector, typer.Option(
-        help="auto: the release's landmarks/box, else resize aligned releases, else centerface")] = Detector.auto,
-    detector_model: Annotated[str | None, typer.Option(help="ONNX file for --detector scrfd")] = None,
-    size: Annotated[int, typer.Option(help="aligned crop side (multiple of 112 or 128)")] = 224,
-    shard_samples: Annotated[int, typer.Option(help="samples per shard at most")] = 1000,
-    shard_mb: Annotated[int, typer.Option(help="MiB per shard at most")] = 256,
+        help="auto: the release's landmarks/box, else resize aligned releases, else centerface")]
+    = Detector(INGEST.detector),
+    detector_model: Annotated[str | None, typer.Option(help="ONNX file for --detector scrfd")] = INGEST.detector_model,
+    size: Annotated[int, typer.Option(help="aligned crop side (multiple of 112 or 128)")] = INGEST.size,
+    segments: Annotated[int, typer.Option(help="frames sampled per clip (TSN segment centres)")] = INGEST.segments,
+    shard_samples: Annotated[int, typer.Option(help="samples per shard at most")] = INGEST.shard_samples,
+    shard_mb: Annotated[int, typer.Option(help="MiB per shard at most")] = INGEST.shard_bytes // 2**20,
     workers: Annotated[int | None, typer.Option(
         help="worker threads, each with its own detector session (default: 1 with a detector, else one per core)")]
-    = None,
-    runner: Annotated[str, typer.Option(help="prefect task runner: local | dask | none (plain threads, no Prefect)")]
-    = "local",
+    = INGEST.workers,
+    runner: Annotated[Runner, typer.Option(
+        help="local: Prefect flow on threads; dask: Prefect flow on a Dask cluster; none: plain threads, no Prefect")]
+    = Runner.local,
     address: Annotated[str | None, typer.Option(help="Dask scheduler for --runner dask, tcp://HOST:PORT")] = None,
 ) -> None:
     """Read a raw dataset, align its faces into shards and replace its rows in the catalog (a Prefect flow run)."""
     from fer_data.datasets import LayoutError
 
-    options = dict(detector=detector.value, size=size, shard_samples=shard_samples, shard_bytes=shard_mb * 2**20,
-                   detector_model=detector_model)
+    settings = dict(detector=detector.value, detector_model=detector_model, size=size, segments=segments,
+                    shard_samples=shard_samples, shard_bytes=shard_mb * 2**20, workers=workers)
     try:
-        if runner == "none":
+        if runner is Runner.none:
             from fer_data.ingest import ingest as run_ingest
 
             with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=console, transient=True) as progress:
                 task = progress.add_task("ingest", total=None)
-                result = run_ingest(dataset, raw_root, out, workers=workers, **options,
+                result = run_ingest(dataset, raw_root, out, **settings,
                                     on_progress=lambda done, total: progress.update(task, completed=done, total=total))
             summary = result.__dict__
         else:
             from flows.ingest import run_ingest as run_flow
 
-            options["shard_mb"] = options.pop("shard_bytes") // 2**20
-            summary = run_flow(dataset, raw_root, out, runner=runner, address=address, workers=workers, **options)
+            summary = run_flow(dataset, raw_root, out, runner=runner.value, address=address, **settings)
     except (LayoutError, KeyError, ValueError, FileNotFoundError) as err:
         fail(str(err).strip('"'))
     console.print(f"[green]{summary['dataset']}[/]: {summary['rows_read']} rows read = {summary['n_samples']} samples "
@@ -219,17 +225,10 @@ def sample_data(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same bytes")] = 0,
 ) -> None:
     """Write small raw datasets in their native layouts, built from face photos shipped by installed packages."""
-    from fer_data.sample_data import write_sample_data
-    from fer_data.sample_video import write_video_samples
+    from fer_data.samples.images import write_sample_data
+    from fer_data.samples.video import write_video_samples
 
     roots = {**write_sample_data(out, seed=seed), **write_video_samples(out, seed=seed)}
     for name, root in sorted(roots.items()):
         console.print(f"{name:12s} {root}")
 
-
-from fer_models.cli import register as register_training  # noqa: E402  (training commands, lazy imports)
-
-register_training(app)
-
-if __name__ == "__main__":
-    app()

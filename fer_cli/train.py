@@ -1,4 +1,4 @@
-"""`fer train`, `fer evaluate`, `fer model-info`: the training commands, registered on the `fer` app."""
+"""The training commands of `fer`: train, evaluate, cross-eval, model-info, fold-summary."""
 
 from __future__ import annotations
 
@@ -12,94 +12,99 @@ import typer
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a setting: key=value (repeatable)")]
 ParamsOption = Annotated[Path, typer.Option(help="params file whose `train:` section holds the defaults")]
 
+app = typer.Typer()  # merged into fer_cli.main's app
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def train(
-        method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
-        params: ParamsOption = Path("params.yaml"),
-        section: Annotated[list[str] | None, typer.Option(
-            help="params sections applied after `train:`, e.g. the method's own (repeatable)")] = None,
-        set_: SetOption = None,
-        prefect: Annotated[bool, typer.Option(help="run as a Prefect flow (artifacts in the UI)")] = True,
-    ) -> None:
-        """Train a method on shards selected from the catalog; writes OUT/metrics.json, plots, checkpoints."""
-        from fer_models.config import TrainConfig
 
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        logging.getLogger("fer_models").setLevel(logging.INFO)  # epoch lines; not every HTTP call of Prefect
-        cfg = TrainConfig.load(params, ["train", *(section or [])], overrides=[f"method={method}", *(set_ or [])])
-        if prefect:
-            from flows.train import run_train
-        else:
-            from fer_models.train import train as run_train
-        metrics = run_train(cfg)
-        typer.echo(json.dumps(metrics, indent=2))
+@app.command()
+def train(
+    method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
+    params: ParamsOption = Path("params.yaml"),
+    section: Annotated[list[str] | None, typer.Option(
+        help="params sections applied after `train:`, e.g. the method's own (repeatable)")] = None,
+    set_: SetOption = None,
+    prefect: Annotated[bool, typer.Option(help="run as a Prefect flow (artifacts in the UI)")] = True,
+) -> None:
+    """Train a method on shards selected from the catalog; writes OUT/metrics.json, plots, checkpoints."""
+    from fer_models.config import TrainConfig
 
-    @app.command()
-    def evaluate(
-        run: Annotated[Path, typer.Argument(help="a training run folder (has config.json and best.pt)")],
-        where: Annotated[str | None, typer.Option(help="SQL selection to evaluate on (default: the run's test)")] = None,
-        out: Annotated[Path | None, typer.Option(help="folder for metrics.json and plots (default: RUN/eval)")] = None,
-    ) -> None:
-        """Evaluate a trained run on a selection (e.g. another dataset, for cross-dataset tables)."""
-        from fer_data.loaders import select
-        from fer_models.evaluate import evaluate as run_evaluate
-        from fer_models.evaluate import write_report
-        from fer_models.train import load_run
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fer_models").setLevel(logging.INFO)  # epoch lines; not every HTTP call of Prefect
+    cfg = TrainConfig.load(params, ["train", *(section or [])], overrides=[f"method={method}", *(set_ or [])])
+    if prefect:
+        from flows.train import run_train
+    else:
+        from fer_models.train import train as run_train
+    metrics = run_train(cfg)
+    typer.echo(json.dumps(metrics, indent=2))
 
-        cfg, model = load_run(run)
-        device = next(model.parameters()).device
-        urls, ids = select(cfg.catalog, where or cfg.test_where)
-        result = run_evaluate(model, urls, ids, cfg, device)
-        write_report(result, out or run / "eval")
-        typer.echo(json.dumps(result.metrics, indent=2))
 
-    @app.command("cross-eval")
-    def cross_eval(
-        runs: Annotated[list[Path], typer.Argument(help="trained run folders")],
-        datasets: Annotated[str, typer.Option(help="comma-separated datasets whose test splits to score")],
-        out: Annotated[Path, typer.Option(help="folder of CSV/PNG tables; OUT.json gets the numbers")]
-        = Path("metrics/cross_dataset"),
-    ) -> None:
-        """Every run on every dataset's test split: the train x test table (a Prefect flow)."""
-        from flows.evaluate import evaluate_flow
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="a training run folder (has config.json and best.pt)")],
+    where: Annotated[str | None, typer.Option(help="SQL selection to evaluate on (default: the run's test)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for metrics.json and plots (default: RUN/eval)")] = None,
+) -> None:
+    """Evaluate a trained run on a selection (e.g. another dataset, for cross-dataset tables)."""
+    from fer_data.loaders import select
+    from fer_models.evaluate import evaluate as run_evaluate
+    from fer_models.evaluate import write_report
+    from fer_models.train import load_run
 
-        summary = evaluate_flow([str(r) for r in runs], [d.strip() for d in datasets.split(",") if d.strip()], str(out))
-        typer.echo(json.dumps(summary["uar"], indent=2))
+    cfg, model = load_run(run)
+    device = next(model.parameters()).device
+    urls, ids = select(cfg.catalog, where or cfg.test_where)
+    result = run_evaluate(model, urls, ids, cfg, device)
+    write_report(result, out or run / "eval")
+    typer.echo(json.dumps(result.metrics, indent=2))
 
-    @app.command("model-info")
-    def model_info(
-        method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
-        params: Annotated[Path | None, typer.Option(help="params file (default: the method's paper settings)")]
-        = None,
-        set_: SetOption = None,
-    ) -> None:
-        """One JSON object: method, backbone, trainable_params, total_params, trainable_fraction."""
-        from fer_models.backbones import count_parameters
-        from fer_models.config import TrainConfig
-        from fer_models.methods import build_method
 
-        cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
-        trainable, total = count_parameters(build_method(cfg))
-        typer.echo(json.dumps({"method": method, "backbone": cfg.backbone, "peft": cfg.peft, "rank": cfg.rank,
-                               "trainable_params": trainable, "total_params": total,
-                               "trainable_fraction": trainable / total}))
+@app.command("cross-eval")
+def cross_eval(
+    runs: Annotated[list[Path], typer.Argument(help="trained run folders")],
+    datasets: Annotated[str, typer.Option(help="comma-separated datasets whose test splits to score")],
+    out: Annotated[Path, typer.Option(help="folder of CSV/PNG tables; OUT.json gets the numbers")]
+    = Path("metrics/cross_dataset"),
+) -> None:
+    """Every run on every dataset's test split: the train x test table (a Prefect flow)."""
+    from flows.evaluate import evaluate_flow
 
-    @app.command("fold-summary")
-    def fold_summary(
-        runs: Annotated[list[Path], typer.Argument(help="finished run folders, one per fold")],
-        out: Annotated[Path, typer.Option(help="JSON file: mean and std of every metric over the runs")],
-    ) -> None:
-        """k-fold protocols (BP4D/DISFA 3 folds, DFEW 5) report the mean over folds: one JSON for DVC."""
-        per_run = {str(run): json.loads((run / "metrics.json").read_text()) for run in runs}
-        keys = sorted({k for m in per_run.values() for k, v in m.items() if isinstance(v, (int, float))})
-        summary: dict[str, object] = {"n_runs": len(per_run)}
-        for key in keys:
-            values = [m[key] for m in per_run.values() if isinstance(m.get(key), (int, float))]
-            mean = sum(values) / len(values)
-            summary[f"{key}/mean"] = mean
-            summary[f"{key}/std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2, sort_keys=True))
-        typer.echo(json.dumps(summary, indent=2))
+    summary = evaluate_flow([str(r) for r in runs], [d.strip() for d in datasets.split(",") if d.strip()], str(out))
+    typer.echo(json.dumps(summary["uar"], indent=2))
+
+
+@app.command("model-info")
+def model_info(
+    method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
+    params: Annotated[Path | None, typer.Option(help="params file (default: the method's paper settings)")]
+    = None,
+    set_: SetOption = None,
+) -> None:
+    """One JSON object: method, backbone, trainable_params, total_params, trainable_fraction."""
+    from fer_models.backbones import count_parameters
+    from fer_models.config import TrainConfig
+    from fer_models.methods import build_method
+
+    cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
+    trainable, total = count_parameters(build_method(cfg))
+    typer.echo(json.dumps({"method": method, "backbone": cfg.backbone, "peft": cfg.peft, "rank": cfg.rank,
+                           "trainable_params": trainable, "total_params": total,
+                           "trainable_fraction": trainable / total}))
+
+
+@app.command("fold-summary")
+def fold_summary(
+    runs: Annotated[list[Path], typer.Argument(help="finished run folders, one per fold")],
+    out: Annotated[Path, typer.Option(help="JSON file: mean and std of every metric over the runs")],
+) -> None:
+    """k-fold protocols (BP4D/DISFA 3 folds, DFEW 5) report the mean over folds: one JSON for DVC."""
+    per_run = {str(run): json.loads((run / "metrics.json").read_text()) for run in runs}
+    keys = sorted({k for m in per_run.values() for k, v in m.items() if isinstance(v, (int, float))})
+    summary: dict[str, object] = {"n_runs": len(per_run)}
+    for key in keys:
+        values = [m[key] for m in per_run.values() if isinstance(m.get(key), (int, float))]
+        mean = sum(values) / len(values)
+        summary[f"{key}/mean"] = mean
+        summary[f"{key}/std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    typer.echo(json.dumps(summary, indent=2))

@@ -154,7 +154,8 @@ REJECT_COLUMNS = ["dataset", "source_path", "stage", "reason", "detail"]
 
 
 COLUMNS = {"samples": SAMPLE_COLUMNS, "au_labels": AU_COLUMNS, "rejects": REJECT_COLUMNS, "shards": SHARD_COLUMNS}
-_INSERT_ROWS = 20_000  # rows of one table gathered per INSERT: few statements, bounded memory
+WRITE_MEMORY = "64MB"  # DuckDB's own memory while an ingest writes and exports (beyond it DuckDB spills to disk)
+_INSERT_ROWS = 5_000  # rows of one table gathered per INSERT: few statements, bounded memory
 
 
 @dataclass
@@ -253,6 +254,7 @@ def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path
         )
 
     with connect(path) as con:
+        con.execute(f"SET memory_limit = '{WRITE_MEMORY}'")  # spill, not grow, with the dataset
         _swap(con, rows.dataset, fill)
         if parquet_dir is not None:
             _export(con, Path(parquet_dir))

@@ -32,9 +32,9 @@ from fer_data.faces.stage import AlignedFace, FaceAligner, FaceConfig, backend_f
 from fer_data.labels import LABEL_SPACES
 from fer_data.record_store import RecordStore
 from fer_data.records import Record, Reject
+from fer_data.settings import Settings
 from fer_data.video import Clip, tsn_indices
 
-SHARD_FORMAT = 2  # bump when the bytes written for the same inputs change
 LOCK_FILE = ".ingest.lock"
 _local = threading.local()  # per-thread Workers and open video readers
 log = logging.getLogger(__name__)
@@ -260,39 +260,6 @@ def _input_key(rec: Record) -> list[Any]:
             rec.face_box]
 
 
-SPEED_ONLY = ("threads", "workers", "chunk_frames")  # settings that change speed, never a shard's bytes
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every ingest setting and its default, in one place: `fer ingest`, the Prefect flow and the
-    library all build this. All but `SPEED_ONLY` decide the shards' bytes (and so their fingerprint)."""
-
-    detector: str = "auto"
-    size: int = 224
-    quality: int = 95
-    shard_samples: int = 1000
-    shard_bytes: int = 256 * 2**20
-    batch_size: int = 16  # records per detector batch
-    detector_model: str | None = None
-    segments: int = 16
-    workers: int | None = None  # worker threads; None: `share_cores` decides
-    threads: int = 1  # onnxruntime threads per detector session; `share_cores` sets it
-    # Frames per unit of work handed to a runner (a Prefect task, a Dask future): coarse enough that
-    # orchestration is a small part of the work, small enough that the window of units in flight
-    # (2 per worker, encoded crops included) stays a few tens of MB.
-    chunk_frames: int = 1024
-
-    def __post_init__(self) -> None:
-        FaceConfig(detector=self.detector, size=self.size)  # names the bad value before anything is read
-        for name in ("quality", "shard_samples", "shard_bytes", "batch_size", "segments", "chunk_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ingest setting {name}={getattr(self, name)}: expected at least 1")
-
-    def params(self) -> dict[str, Any]:
-        return {**{k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}, "version": SHARD_FORMAT}
-
-
 Results = list[tuple[Record, dict[str, Any] | Reject]]
 
 
@@ -325,12 +292,20 @@ def process_batch(settings: Settings, batch: list[Record]) -> Results:
 
 class Processed:
     """A chunk's results in record order. One plain object, so an orchestrator tracks one result
-    per chunk (Prefect links every item of a returned list to its task run)."""
+    per chunk (Prefect links every item of a returned list to its task run); `take` moves the
+    results out, so the encoded crops are freed once written even while an orchestrator's
+    bookkeeping (a Prefect state in a reference cycle, kept until the next full GC) still holds this."""
 
-    __slots__ = ("results",)
+    __slots__ = ("_results",)
 
     def __init__(self, results: Results) -> None:
-        self.results = results
+        self._results: Results | None = results
+
+    def take(self) -> Results:
+        results, self._results = self._results, None
+        if results is None:
+            raise RuntimeError("a chunk's results were taken twice")
+        return results
 
 
 def process_chunk(settings: Settings, chunk: Chunk) -> Processed:
@@ -564,7 +539,7 @@ def drive(job: IngestJob, runner: Runner, window: int,
     """The one drive loop of every runner: at most `window` chunks in flight, results written to
     shards in record order and dropped as soon as they are written, then the catalog swap."""
     def write_oldest() -> None:
-        job.write(split, runner.result(pending.popleft()).results)
+        job.write(split, runner.result(pending.popleft()).take())
         if on_progress:
             on_progress(job.n_done, job.n_records)
 

@@ -49,6 +49,12 @@ LABEL_SPACES: dict[str, tuple[str, ...]] = {
 }
 TASKS: tuple[str, ...] = ("emotion", "valence_arousal", "age", "gender", "au")
 
+# The class tasks and the classes a model's head predicts for each: 7 emotions (contempt, which
+# only some releases label, is ignored), every age bin and gender.
+NUM_CLASSES: dict[str, int] = {"emotion": NUM_BASIC_EMOTIONS, "age_bin": len(AGE_BINS), "gender": len(GENDERS)}
+# A class target without a label (loaders, losses, metrics): torch's cross-entropy ignores it by default.
+IGNORE_INDEX = -100
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 

@@ -23,9 +23,7 @@ from PIL import Image
 from webdataset.gopen import gopen_schemes
 
 from fer_data import catalog
-
-IGNORE_INDEX = -100
-CLASS_TASKS = ("emotion", "age_bin", "gender")
+from fer_data.labels import IGNORE_INDEX, NUM_CLASSES
 FSSPEC_SCHEMES = ("s3", "s3a", "gcs", "az", "abfs", "abfss", "memory", "file", "hdfs", "webhdfs")
 
 
@@ -46,7 +44,7 @@ def targets_of(labels: dict[str, Any], tasks: Sequence[str], aus: Sequence[int])
     """One sample's targets with ignore values where a label is missing."""
     out: dict[str, torch.Tensor] = {}
     for task in tasks:
-        if task in CLASS_TASKS:
+        if task in NUM_CLASSES:
             value = labels.get(task)
             out[task] = torch.tensor(IGNORE_INDEX if value is None else int(value))
         elif task == "valence_arousal":
@@ -63,7 +61,7 @@ def targets_of(labels: dict[str, Any], tasks: Sequence[str], aus: Sequence[int])
             out["age"] = torch.tensor(float(age) if age is not None else 0.0)
             out["age_mask"] = torch.tensor(float(age is not None))
         else:
-            raise ValueError(f"unknown task {task!r}; known: {(*CLASS_TASKS, 'valence_arousal', 'au', 'age')}")
+            raise ValueError(f"unknown task {task!r}; known: {(*NUM_CLASSES, 'valence_arousal', 'au', 'age')}")
     return out
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from fer_models.registry import method_defaults
+
 
 @dataclass
 class TrainConfig:
@@ -79,8 +81,6 @@ class TrainConfig:
         """The method's paper defaults, then fields from each of `params[sections]` in order (a method's
         own section after the shared `train` one; unknown keys are an error), then `key=value`
         overrides (YAML-typed)."""
-        from fer_models.methods import method_defaults  # methods import this module
-
         values: dict[str, Any] = {}
         if params and Path(params).exists():
             tree = yaml.safe_load(Path(params).read_text()) or {}

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fer_data.labels import LABEL_SPACES
+from fer_data.labels import IGNORE_INDEX, LABEL_SPACES, NUM_CLASSES
 from fer_data.loaders import make_loader
 from fer_models.config import TrainConfig
-from fer_models.methods import NUM_CLASSES, Method
+from fer_models.methods import Method
 from fer_models.metrics import au_f1_baselines, confusion_matrix, summarize
 
 
@@ -58,7 +58,7 @@ def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, de
     metrics: dict[str, Any] = {"n_samples": len(sample_ids), "loss": loss_sum / max(1, len(sample_ids))}
     for t in tasks:
         if t in NUM_CLASSES:  # labels beyond the head (contempt for a 7-way head) are not scored
-            y_true[t] = np.where(y_true[t] >= NUM_CLASSES[t], -100, y_true[t])
+            y_true[t] = np.where(y_true[t] >= NUM_CLASSES[t], IGNORE_INDEX, y_true[t])
         names = cfg.aus if t == "au" else None
         scored = summarize(t, y_true[t], y_score[t], threshold=0.0, au_names=names)
         if t == "au" and cfg.au_rates:  # the label-blind F1 a model has to beat

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100  # fer_data.loaders.IGNORE_INDEX
+from fer_data.labels import IGNORE_INDEX
+
 MIN_OCCURRENCE_RATE = 1e-4  # mdwa_loss: rates are clamped up to this, so an AU never seen gets a finite weight
 
 __all__ = [
-    "IGNORE_INDEX",
     "MIN_OCCURRENCE_RATE",
     "masked_cross_entropy",
     "masked_bce",

@@ -2,8 +2,8 @@
 
 Conventions shared by every function here, so results are comparable across datasets:
 
-* Class targets use the loaders' ignore value ``IGNORE_INDEX = -100``; those entries are dropped
-  before anything is counted (a dataset without emotion labels must not count as wrong).
+* Class targets use the loaders' ignore value ``fer_data.labels.IGNORE_INDEX`` (-100); those entries
+  are dropped before anything is counted (a dataset without emotion labels must not count as wrong).
 * AU targets are 0/1 with ``< 0`` (e.g. ``-1``) meaning unknown; those entries are dropped per AU.
 * A metric over nothing (empty input, or every entry ignored) is ``nan`` rather than 0 or an
   exception, so a missing label set shows up as missing in reports and ``np.nanmean`` skips it.
@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-IGNORE_INDEX = -100  # same value as fer_data.loaders.IGNORE_INDEX and torch's cross-entropy default
+from fer_data.labels import IGNORE_INDEX
 
 __all__ = [
-    "IGNORE_INDEX",
     "war",
     "uar",
     "macro_f1",

@@ -21,12 +21,15 @@ from prefect.task_runners import TaskRunner
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fer_data import catalog
-from fer_data.ingest import SPEED_ONLY, Chunk, IngestJob, IngestResult, Processed, Settings, drive, process_chunk, start
+from fer_data.datasets import get_adapter
+from fer_data.ingest import Chunk, IngestJob, IngestResult, Processed, drive, process_chunk, start
+from fer_data.settings import SPEED_ONLY, Settings
 from fer_data.shards import fingerprint
 from flows.runners import task_runner
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="align-{chunk.split}-{chunk.index}")
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, cache_result_in_memory=False,
+      task_run_name="align-{chunk.split}-{chunk.index}")
 def align_chunk(settings: Settings, chunk: Chunk) -> Processed:
     return process_chunk(settings, chunk)
 
@@ -98,6 +101,8 @@ def ingest_flow(dataset: str, raw_root: str, out: str = "data", settings: dict[s
 
 def run_ingest(dataset: str, raw_root: str | Path, out: str | Path = "data", runner: str = "local",
                address: str | None = None, **settings: Any) -> dict[str, Any]:
-    """The ingest flow of one dataset; `settings` are `Settings` fields (checked before the flow starts)."""
+    """The ingest flow of one dataset; `settings` are `Settings` fields. The dataset name, the raw
+    root and the settings are checked before the flow starts, so a mistake is one error, not a failed run."""
+    get_adapter(dataset).check_root(raw_root)
     return ingest_flow(dataset=dataset, raw_root=str(raw_root), out=str(out), settings=asdict(Settings(**settings)),
                        runner=runner, address=address)

@@ -11,8 +11,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import fer_data  # noqa: E402,F401  (the offline environment every entry point sets)
+from fer_cli import env
 
+env.apply()  # the environment `fer` runs the flows in
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # its shutdown INFO lines hit pytest's closed streams
 os.environ.setdefault("PREFECT_HOME", str(Path(__file__).resolve().parent.parent / ".prefect"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from fer_data.cli import app
+from fer_cli.main import app
 
 runner = CliRunner()
 

@@ -402,7 +402,7 @@ def many_faces(root: Path, n: int) -> Path:
 
 def fer_ingest(root: Path, out: Path, log: Path) -> subprocess.Popen:
     """`fer ingest` (plain threads: `--runner none`) in its own process, output to `log`."""
-    cmd = [sys.executable, "-m", "fer_data.cli", "ingest", "rafdb", str(root), "--out", str(out), "--runner", "none",
+    cmd = [sys.executable, "-m", "fer_cli.main", "ingest", "rafdb", str(root), "--out", str(out), "--runner", "none",
            "--shard-samples", "3", "--size", str(SIZE)]
     with log.open("w") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)

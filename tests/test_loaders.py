@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import write_image
 from fer_data.ingest import ingest
-from fer_data.loaders import IGNORE_INDEX, make_loader, select, targets_of
+from fer_data.labels import IGNORE_INDEX
+from fer_data.loaders import make_loader, select, targets_of
 
 
 @pytest.fixture(scope="module")

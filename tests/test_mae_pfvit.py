@@ -12,9 +12,9 @@ import torch
 
 from fer_models.backbones import count_parameters
 from fer_models.config import TrainConfig
-from fer_models.methods import METHOD_DEFAULTS
 from fer_models.methods.mae import Mae, patch_normalise, patchify, random_masking, unpatchify
 from fer_models.methods.pf_vit import PfVit, discriminator_loss
+from fer_models.registry import METHOD_DEFAULTS
 from fer_models.train import BEST, load_state, saved_state
 
 N_PATCHES = 16

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import write_image
 from fer_data.ingest import ingest
 from fer_data.loaders import au_rates, select
-from fer_data.sample_video import write_video_samples
+from fer_data.samples.video import write_video_samples
 from fer_models.config import TrainConfig
 from fer_models.train import BEST, CHECKPOINT, load_run, train
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from fer_models import backbones
 from fer_models.config import TrainConfig
-from fer_models.methods import METHOD_DEFAULTS
 from fer_models.methods.pe_clip import EMOTION_AUS, PeClip, TemporalDynamicAdapter, class_prompts
+from fer_models.registry import METHOD_DEFAULTS
 
 B, T, SIZE = 2, 4, 32
 

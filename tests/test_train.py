@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import write_image
-from fer_data.cli import app
+from fer_cli.main import app
 from fer_data.ingest import ingest
 from fer_models.config import TrainConfig
 from fer_models.methods import build_method

@@ -3,7 +3,7 @@ sample data, and both end to end through ingest (16 sampled frames per clip, sha
 
 Hand-written label files are literal text in the native format; expected values are worked out by
 hand from shared/DATASETS.md into the canonical ids (0 neutral, 1 happiness, 2 sadness, 3 surprise,
-4 fear, 5 disgust, 6 anger). The generated data (fer_data.sample_video) records what it wrote, so the
+4 fear, 5 disgust, 6 anger). The generated data (fer_data.samples.video) records what it wrote, so the
 end-to-end checks compare the catalog and the shards with that record, not with hand-typed numbers.
 """
 
@@ -33,7 +33,7 @@ from fer_data.datasets.disfa import DISFA_AUS
 from fer_data.ingest import ingest, load
 from fer_data.loaders import au_rates, select
 from fer_data.records import Record, Reject
-from fer_data.sample_video import BP4D_FOLDS, BP4D_FRAMES, PLANNERS, expected_video_counts, read_code, write_video_samples
+from fer_data.samples.video import BP4D_FOLDS, BP4D_FRAMES, PLANNERS, expected_video_counts, read_code, write_video_samples
 from fer_data.video import frame_files
 
 SEGMENTS = 16

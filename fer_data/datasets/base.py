@@ -41,11 +41,15 @@ class Adapter:
     description: str
     read: Reader
 
-    def records(self, root: str | Path) -> Iterator[Item]:
+    def check_root(self, root: str | Path) -> Path:
+        """The raw root, resolved; LayoutError if it is no directory."""
         root = Path(root).resolve()
         if not root.is_dir():
             raise LayoutError(f"{self.name}: raw root {root} is not a directory")
-        return self.read(root)
+        return root
+
+    def records(self, root: str | Path) -> Iterator[Item]:
+        return self.read(self.check_root(root))
 
 
 ADAPTERS: dict[str, Adapter] = {}

@@ -10,12 +10,7 @@ import cv2
 import numpy as np
 from insightface.utils import face_align
 
-
-def check_size(size: int) -> int:
-    """insightface's template scales to multiples of 112 (ArcFace) or 128 (with the 8 px x-shift)."""
-    if size % 112 and size % 128:
-        raise ValueError(f"crop size {size}: must be a multiple of 112 or 128 (e.g. 112, 224, 256, 336, 384)")
-    return size
+from fer_data.faces import check_size
 
 
 def template(size: int) -> np.ndarray:

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from fer_data.faces import align
+from fer_data.faces import BACKENDS, align
 from fer_data.faces.detectors import DETECTORS, Face
 from fer_data.records import Record, Reject
 
-BACKENDS = ("auto", "centerface", "scrfd", "given", "none")
 DETECT_BATCH = 16  # images per detector call; larger batches ran slower on CPU
 
 # insightface's estimate_norm calls a scikit-image API deprecated in 0.26; the result is unchanged.

@@ -63,7 +63,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from fer_data.labels import emotion_from_name, hash_split
-from fer_data.sample_data import make_plans, write_files
+from fer_data.samples.images import make_plans, write_files
 
 PAD = 96  # blurred border around each photo, so jittered crops never show empty corners
 JPEG_QUALITY = 75

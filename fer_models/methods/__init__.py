@@ -1,18 +1,14 @@
-"""Published methods, one file each; each registers a builder `TrainConfig -> Method` here, with the
-settings its paper uses where they differ from TrainConfig's (backbone, tasks, ...)."""
+"""Published methods, one file each, registered with fer_models.registry: what the trainer needs of
+a method (`Method`) and how it gets one for a configuration (`build_method`)."""
 
 from __future__ import annotations
-
-import importlib
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
+from fer_data.labels import IGNORE_INDEX
 from fer_models.config import TrainConfig
-
-NUM_CLASSES = {"emotion": 7, "age_bin": 9, "gender": 2}
+from fer_models.registry import builder
 
 
 class Method(nn.Module):
@@ -44,42 +40,10 @@ class Method(nn.Module):
         return {}
 
 
-METHODS: dict[str, Callable[[TrainConfig], Method]] = {}
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
-MODULES = ("multitask", "cafe", "auformer", "pe_clip", "mae", "pf_vit")
-
-
-def register(name: str, **defaults: Any) -> Callable[[Callable[[TrainConfig], Method]], Callable[[TrainConfig], Method]]:
-    """Register a builder; `defaults` are the paper's settings, applied under params.yaml and --set."""
-    def wrap(builder: Callable[[TrainConfig], Method]) -> Callable[[TrainConfig], Method]:
-        METHODS[name] = builder
-        METHOD_DEFAULTS[name] = defaults
-        return builder
-
-    return wrap
-
-
-def _load_registry() -> None:
-    for module in MODULES:
-        importlib.import_module(f"fer_models.methods.{module}")
-
-
-def method_defaults(name: str) -> dict[str, Any]:
-    _load_registry()
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; known: {sorted(METHODS)}")
-    return dict(METHOD_DEFAULTS[name])
-
-
 def build_method(cfg: TrainConfig) -> Method:
-    _load_registry()
-    try:
-        builder = METHODS[cfg.method]
-    except KeyError:
-        raise KeyError(f"unknown method {cfg.method!r}; known: {sorted(METHODS)}") from None
-    return builder(cfg)
+    return builder(cfg.method)(cfg)
 
 
 def class_targets(target: Tensor, num_classes: int) -> Tensor:
     """Labels outside a head's classes (contempt for a 7-way emotion head) are ignored, not errors."""
-    return target.masked_fill((target >= num_classes) | (target < 0), -100)
+    return target.masked_fill((target >= num_classes) | (target < 0), IGNORE_INDEX)

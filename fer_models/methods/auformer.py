@@ -57,7 +57,8 @@ from torch import Tensor, nn
 from fer_models import backbones
 from fer_models.config import TrainConfig
 from fer_models.losses import mdwa_loss
-from fer_models.methods import Method, register
+from fer_models.methods import Method
+from fer_models.registry import register
 
 BP4D_AUS = [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]
 UP_INIT_STD = 1e-3

@@ -19,10 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fer_data.labels import NUM_CLASSES
 from fer_models import backbones
 from fer_models.config import TrainConfig
 from fer_models.losses import channel_diverse_loss, masked_cross_entropy
-from fer_models.methods import NUM_CLASSES, Method, class_targets, register
+from fer_models.methods import Method, class_targets
+from fer_models.registry import register
 
 GROUPS = NUM_CLASSES["emotion"]
 

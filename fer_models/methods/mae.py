@@ -39,7 +39,8 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from fer_models.config import TrainConfig
-from fer_models.methods import Method, register
+from fer_models.methods import Method
+from fer_models.registry import register
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as MAE normalises its input
 STD = (0.229, 0.224, 0.225)

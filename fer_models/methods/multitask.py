@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from fer_data.labels import NUM_CLASSES
 from fer_models import backbones, peft
 from fer_models.config import TrainConfig
 from fer_models.losses import UncertaintyWeighting, masked_cross_entropy
-from fer_models.methods import NUM_CLASSES, Method, class_targets, register
+from fer_models.methods import Method, class_targets
+from fer_models.registry import register
 
 MODES = ("lp", "ft4", "lora", "dora", "lora_plus", "mtlora")
 HIDDEN = 256

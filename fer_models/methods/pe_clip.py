@@ -55,11 +55,12 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
-from fer_data.labels import EMOTIONS
+from fer_data.labels import EMOTIONS, NUM_CLASSES
 from fer_models import backbones
 from fer_models.config import TrainConfig
 from fer_models.losses import masked_cross_entropy
-from fer_models.methods import NUM_CLASSES, Method, class_targets, register
+from fer_models.methods import Method, class_targets
+from fer_models.registry import register
 
 CLASSES = NUM_CLASSES["emotion"]
 AU_NAMES: dict[int, str] = {

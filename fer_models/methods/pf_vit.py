@@ -59,11 +59,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fer_data.labels import NUM_CLASSES
 from fer_models.config import TrainConfig
 from fer_models.losses import masked_bce, masked_cross_entropy
-from fer_models.methods import NUM_CLASSES, Method, class_targets, register
+from fer_models.methods import Method, class_targets
 from fer_models.methods.mae import (FIGURE_FACES, Mae, MaeDecoder, decay_groups, encode, image_grid, patchify,
                                     prepare, unpatchify)
+from fer_models.registry import register
 
 log = logging.getLogger(__name__)
 EMOTIONS = NUM_CLASSES["emotion"]

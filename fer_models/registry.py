@@ -1,0 +1,44 @@
+"""The method registry: each file under fer_models/methods registers its builder here with the
+settings its paper uses where they differ from TrainConfig's (backbone, tasks, ...).
+
+It imports neither TrainConfig nor the methods, so that TrainConfig.load can ask it for a method's
+settings without an import cycle; the method files (which need TrainConfig) load on first use."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Builder = TypeVar("Builder", bound=Callable[..., Any])  # TrainConfig -> Method
+
+METHODS: dict[str, Callable[..., Any]] = {}
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
+MODULES = ("multitask", "cafe", "auformer", "pe_clip", "mae", "pf_vit")
+
+
+def register(name: str, **defaults: Any) -> Callable[[Builder], Builder]:
+    """Register a builder; `defaults` are the paper's settings, applied under params.yaml and --set."""
+    def wrap(builder: Builder) -> Builder:
+        METHODS[name] = builder
+        METHOD_DEFAULTS[name] = defaults
+        return builder
+
+    return wrap
+
+
+def _require(name: str) -> None:
+    for module in MODULES:
+        importlib.import_module(f"fer_models.methods.{module}")
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {sorted(METHODS)}")
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    _require(name)
+    return dict(METHOD_DEFAULTS[name])
+
+
+def builder(name: str) -> Callable[..., Any]:
+    _require(name)
+    return METHODS[name]
