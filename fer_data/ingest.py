@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -175,7 +176,9 @@ def au_rows(rec: Record) -> list[dict[str, Any]]:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    """JPEG of an RGB crop (OpenCV wants BGR: cvtColor swaps in 20 µs where numpy's copy of the
+    reversed view took 480 µs at 224 px, most of an aligned release's ingest)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
@@ -252,12 +255,31 @@ class Worker:
         return out
 
 
-def _input_key(rec: Record) -> list[Any]:
-    """Cheap identity of one input: id, labels, path and file size/mtime (content is hashed later)."""
-    p = Path(rec.source_path.split("#", 1)[0])
-    st = p.stat() if p.is_file() else None
-    return [rec.sample_id, shard_labels(rec), rec.source_path, st and [st.st_size, st.st_mtime_ns], rec.landmarks,
-            rec.face_box]
+class InputKeys:
+    """Cheap identity of each input: id, labels, path and file size/mtime (content is hashed later).
+    Rows inside one label file (`FILE#row=N`) share one stat of FILE for the whole job."""
+
+    def __init__(self) -> None:
+        self._label_files: dict[str, list[int] | None] = {}
+
+    def __call__(self, rec: Record) -> list[Any]:
+        path, inside_file, _ = rec.source_path.partition("#")
+        if inside_file:
+            if path not in self._label_files:
+                self._label_files[path] = _stat(path)
+            found = self._label_files[path]
+        else:
+            found = _stat(path)
+        return [rec.sample_id, shard_labels(rec), rec.source_path, found, rec.landmarks, rec.face_box]
+
+
+def _stat(path: str) -> list[int] | None:
+    """[size, mtime_ns] of a regular file, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
 
 
 Results = list[tuple[Record, dict[str, Any] | Reject]]
@@ -371,7 +393,7 @@ class IngestJob:
         def seen(rec: Record) -> None:
             self.needs_detector = self.needs_detector or backend_for(rec, settings.detector) in DETECTORS
 
-        self.store = RecordStore(self.adapter.records(raw_root), _input_key, seen)
+        self.store = RecordStore(self.adapter.records(raw_root), InputKeys(), seen)
         self.shard_dir = self.out / "shards" / self.adapter.name
         self.writers: dict[str, shards.ShardWriter] = {}
         self.n_records = self.store.n_records

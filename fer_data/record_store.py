@@ -4,13 +4,12 @@ without holding it, so its memory does not grow with the dataset (AffectNet's 29
 
 A temporary SQLite file keyed by sample id: records come back per split in sample-id order (the
 order shards are written in), and the key finds a repeated id (the first row wins, later ones
-become rejects). Records are stored as JSON plus the raw pixels a label file carries (FER2013),
-read back with `allow_pickle=False`: nothing in the file runs as code.
+become rejects). Records are stored as JSON plus the raw bytes of the pixels a label file carries (FER2013), with
+their dtype and shape in the JSON: nothing in the file runs as code.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
@@ -37,12 +36,11 @@ def _plain(value: Any) -> Any:
 def _pack(rec: Record) -> tuple[str, bytes | None]:
     values = {name: getattr(rec, name) for name in _FIELDS}
     values["aus"] = [[au, present, intensity] for au, (present, intensity) in rec.aus.items()]
-    text = json.dumps(values, default=_plain)
     if rec.pixels is None:
-        return text, None
-    buf = io.BytesIO()
-    np.save(buf, rec.pixels, allow_pickle=False)
-    return text, buf.getvalue()
+        return json.dumps(values, default=_plain), None
+    pixels = np.ascontiguousarray(rec.pixels)
+    values["pixels"] = [pixels.dtype.str, pixels.shape]
+    return json.dumps(values, default=_plain), pixels.tobytes()
 
 
 def _unpack(text: str, pixels: bytes | None) -> Record:
@@ -54,7 +52,8 @@ def _unpack(text: str, pixels: bytes | None) -> Record:
     if values["landmarks"] is not None:
         values["landmarks"] = tuple(tuple(p) for p in values["landmarks"])
     if pixels is not None:
-        values["pixels"] = np.load(io.BytesIO(pixels), allow_pickle=False)
+        dtype, shape = values["pixels"]
+        values["pixels"] = np.frombuffer(pixels, dtype=np.dtype(dtype)).reshape(shape).copy()  # writable, as read
     return Record(**values)
 
 

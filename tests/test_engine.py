@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fer_data import shards
-from fer_data.ingest import IngestJob, Processed, Settings, _input_key, drive, ingest, process_chunk
+from fer_data.ingest import IngestJob, InputKeys, Processed, Settings, drive, ingest, process_chunk
 from fer_data.record_store import RecordStore
 from fer_data.records import Record, Reject
 
@@ -40,7 +40,7 @@ def test_store_gives_records_back_exactly_in_sample_id_order(tmp_path: Path) -> 
         Record("d:c", "d", "test", "/x/c.mp4", kind="clip", frame_range=(3, 9), age=31.5),
         Record("d:a", "d", "val", "/x/a2.jpg"),  # a repeated id: the first row wins
     ]
-    store = RecordStore(items, _input_key)
+    store = RecordStore(items, InputKeys())
     try:
         assert (store.n_rows, store.n_records, store.n_rejects) == (5, 3, 2)
         assert store.splits == ["test", "train"]
@@ -64,7 +64,8 @@ def test_streamed_fingerprint_is_the_listed_one(tmp_path: Path) -> None:
     root = fer2013_csv(tmp_path / "raw", 40)
     with IngestJob("fer2013", root, tmp_path / "out", Settings(size=112)) as job:
         for split in job.splits:
-            listed = [_input_key(r) for r in job.store.records(split)]
+            keys = InputKeys()
+            listed = [keys(r) for r in job.store.records(split)]
             assert job._fingerprint(split) == shards.fingerprint(job.settings.params(), listed)
 
 
@@ -115,3 +116,9 @@ def test_bad_settings_are_named_before_reading(tmp_path: Path) -> None:
         Settings(detector="mtcnn")
     with pytest.raises(ValueError, match="chunk_frames=0"):
         Settings(chunk_frames=0)
+
+
+@pytest.mark.parametrize("name", ["k.jpg", "0123456789abcdef01234567.15.jpg", "x" * 99, "x" * 100, "é.json", ""])
+@pytest.mark.parametrize("size", [0, 511, 512, 10**6, 8**11 - 1, 8**11])
+def test_tar_header_is_tarfiles(name: str, size: int) -> None:
+    assert shards._header(name, size) == shards._tarfile_header(name, size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,10 +27,16 @@ def _split(usage: str) -> str:
 
 
 def _pixels(text: str) -> np.ndarray:
-    values = text.split()
-    if len(values) != SIDE * SIDE:
-        raise BadRow("corrupt_image", f"pixels has {len(values)} values, expected {SIDE * SIDE}")
-    arr = np.array(values, dtype=np.int64)
+    """The 48x48 grey image of a row; numpy's text parser (6x `np.array(text.split())`), strict:
+    a token that is not an integer is an error, not the end of the image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # numpy's warning for unparsed trailing text
+        try:
+            arr = np.fromstring(text, dtype=np.int64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            raise BadRow("corrupt_image", "pixels holds a value that is not an integer") from None
+    if arr.size != SIDE * SIDE:
+        raise BadRow("corrupt_image", f"pixels has {arr.size} values, expected {SIDE * SIDE}")
     if arr.min() < 0 or arr.max() > 255:
         raise BadRow("corrupt_image", "pixel values outside 0..255")
     return arr.astype(np.uint8).reshape(SIDE, SIDE)
