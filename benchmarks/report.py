@@ -5,7 +5,9 @@ JSON line; this collects the lines, turns each into table rows (pipeline figure,
 ratio, goal, met?) and writes them with a description of the machine, including its load average
 before and after, since other work on the machine skews every figure.
 
-Sizes are chosen for about 10 minutes on 2 cores; `--quick` runs tiny sizes (a smoke test) and
+Sizes are chosen for about 10 minutes on 2 cores, plus scale_ingest's four real `fer ingest` runs (25k and
+100k rows of a CSV and a loose-file layout): about 8 more (497 s on 2026-11-30). `--quick` runs tiny sizes
+(a smoke test) and
 `--args NAME="..."` passes more flags to one script, e.g. `--args catalog_queries="--samples 5000000"`.
 """
 
@@ -33,6 +35,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ingest_throughput": (["--images", "4000", "--clips", "16"], ["--images", "8", "--clips", "2"]),
     "train_throughput": ([], ["--backbone", "vit-tiny-test", "--image-size", "32", "--shard-size", "112",
                               "--batch-size", "4", "--steps", "2", "--workers", "1"]),
+    # `fer ingest` as users run it (Prefect flow), 25k and 100k rows of a CSV and a loose-file layout
+    "scale_ingest": ([], ["--sizes", "300", "900", "--bare-rows", "300"]),
 }
 
 
@@ -99,6 +103,25 @@ def rows_of(name: str, r: dict[str, Any]) -> list[dict[str, Any]]:
         what = f"{r['peft']} {r['backbone']} @ {r['image_size']} px, batch {r['batch_size']}, {r['precision']}"
         return [row("training input", f"training input, {what}", f"{r['loader_img_per_s']:g} img/s (loader)",
                     f"{r['in_memory_img_per_s']:g} img/s (in-memory tensors)", r["ratio"], r["goal"])]
+    if name == "scale_ingest":
+        out = []
+        for layout, v in r["layouts"].items():
+            a, b = v["judged_sizes"]
+            what = f"`fer ingest` at scale, {v['layout']}, {a:,} → {b:,} rows, runner {r['runner']}"
+            marginal = v["marginal_rows_per_s"]
+            rates = ", ".join(f"{run['rows_per_s']:.0f}" for run in v["runs"])
+            pipe = (f"{marginal:.0f} rows/s marginal (overall {rates}; fixed {v['fixed_s']:.1f} s)"
+                    if marginal is not None else f"no marginal rate (t2 ≤ t1; overall {rates} rows/s)")
+            out.append(row(f"scale ingest {layout}, rate", f"{what}: marginal rate", pipe,
+                           f"{v['bare_rows_per_s']:.0f} rows/s (bare loop, 1 core)", v["ratio"] or 0.0,
+                           v["goals"]["rate"]["min_ratio"]))
+            slope, limit = v["goals"]["rss_slope"]["value_b"], v["goals"]["rss_slope"]["max_b"]
+            peaks = ", ".join(f"{run['peak_rss_tree_mib']:.0f}" for run in v["runs"])
+            out.append(row(f"scale ingest {layout}, memory", f"{what}: peak RSS per extra sample",
+                           f"{slope:,.0f} B/sample (peak RSS of the tree {peaks} MiB)", f"goal {limit:,.0f} B/sample",
+                           round(limit / max(slope, 1.0), 3), 1.0,
+                           f"≤ {limit:,.0f} B/sample (ratio = goal / slope ≥ 1)"))
+        return out
     raise ValueError(f"no table rows for {name}")
 
 
