@@ -154,7 +154,7 @@ REJECT_COLUMNS = ["dataset", "source_path", "stage", "reason", "detail"]
 
 
 COLUMNS = {"samples": SAMPLE_COLUMNS, "au_labels": AU_COLUMNS, "rejects": REJECT_COLUMNS, "shards": SHARD_COLUMNS}
-WRITE_MEMORY = "64MB"  # DuckDB's own memory while an ingest writes and exports (beyond it DuckDB spills to disk)
+WRITE_MEMORY = "1GB"  # DuckDB's own memory while an ingest writes and exports; beyond it DuckDB spills to disk (64 MB failed to commit 1M samples)
 _INSERT_ROWS = 5_000  # rows of one table gathered per INSERT: few statements, bounded memory
 
 
