@@ -256,13 +256,13 @@ class Worker:
 
 
 class InputKeys:
-    """Cheap identity of each input: id, labels, path and file size/mtime (content is hashed later).
-    Rows inside one label file (`FILE#row=N`) share one stat of FILE for the whole job."""
+    """Cheap identity of each input as fingerprint JSON: id, labels, path and file size/mtime (content
+    is hashed later). Rows inside one label file (`FILE#row=N`) share one stat of FILE for the whole job."""
 
     def __init__(self) -> None:
         self._label_files: dict[str, list[int] | None] = {}
 
-    def __call__(self, rec: Record) -> list[Any]:
+    def __call__(self, rec: Record) -> str:
         path, inside_file, _ = rec.source_path.partition("#")
         if inside_file:
             if path not in self._label_files:
@@ -270,7 +270,8 @@ class InputKeys:
             found = self._label_files[path]
         else:
             found = _stat(path)
-        return [rec.sample_id, shard_labels(rec), rec.source_path, found, rec.landmarks, rec.face_box]
+        return shards.fingerprint_json([rec.sample_id, shard_labels(rec), rec.source_path, found, rec.landmarks,
+                                        rec.face_box])
 
 
 def _stat(path: str) -> list[int] | None:
@@ -417,19 +418,11 @@ class IngestJob:
     def splits(self) -> list[str]:
         return self.store.splits
 
-    def _fingerprint(self, split: str) -> str:
-        """`shards.fingerprint(params, [key, ...])` over the split's stored keys, streamed."""
-        h = hashlib.sha256(json.dumps(self.settings.params(), sort_keys=True, default=str).encode())
-        h.update(b"[")
-        for i, key in enumerate(self.store.keys(split)):
-            h.update(b", " + key.encode() if i else key.encode())
-        h.update(b"]")
-        return h.hexdigest()
-
     def chunks(self, split: str) -> Iterator[Chunk]:
         """The records of `split` not yet in complete shards, read lazily in shard order, as batches
         of `batch_size` grouped into chunks of about `chunk_frames` frames and at most a shard."""
-        writer = self.writers[split] = shards.ShardWriter(self.shard_dir, split, self._fingerprint(split),
+        fingerprint = shards.fingerprint_streamed(self.settings.params(), self.store.keys(split))
+        writer = self.writers[split] = shards.ShardWriter(self.shard_dir, split, fingerprint,
                                                           self.settings.shard_samples, self.settings.shard_bytes)
         skip = writer.n_processed  # complete shards hold exactly the first records in shard order
         self.n_done += skip

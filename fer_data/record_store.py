@@ -60,11 +60,11 @@ def _unpack(text: str, pixels: bytes | None) -> Record:
 class RecordStore:
     """Every row of an adapter, read once: records by split in sample-id order, rejects in read order.
 
-    `key(rec)` is a JSON-able identity stored beside each record (the input fingerprint's item), so
+    `key(rec)` is a text identity stored beside each record (the input fingerprint's item), so
     a split's fingerprint is one pass over short strings, not over the records again.
     """
 
-    def __init__(self, items: Iterable[Record | Reject], key: Callable[[Record], Any],
+    def __init__(self, items: Iterable[Record | Reject], key: Callable[[Record], str],
                  seen: Callable[[Record], None] = lambda rec: None) -> None:
         fd, self.path = tempfile.mkstemp(prefix="fer-ingest-", suffix=".sqlite")
         os.close(fd)
@@ -83,7 +83,7 @@ class RecordStore:
             self.close()
             raise
 
-    def _fill(self, items: Iterable[Record | Reject], key: Callable[[Record], Any],
+    def _fill(self, items: Iterable[Record | Reject], key: Callable[[Record], str],
               seen: Callable[[Record], None]) -> None:
         db = self._db
         db.execute("BEGIN")
@@ -93,8 +93,7 @@ class RecordStore:
                 text, pixels = _pack(item)
                 try:
                     db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
-                               (item.sample_id, item.split, text, pixels,
-                                json.dumps(key(item), sort_keys=True, default=str)))
+                               (item.sample_id, item.split, text, pixels, key(item)))
                 except sqlite3.IntegrityError:
                     item = Reject(item.dataset, item.source_path, "adapter", "duplicate_sample_id", item.sample_id)
                 else:
@@ -111,9 +110,6 @@ class RecordStore:
     @property
     def splits(self) -> list[str]:
         return [s for (s,) in self._db.execute("SELECT DISTINCT split FROM records ORDER BY split")]
-
-    def count(self, split: str) -> int:
-        return self._db.execute("SELECT count(*) FROM records WHERE split = ?", (split,)).fetchone()[0]
 
     def keys(self, split: str) -> Iterator[str]:
         """The stored keys (JSON text) of `split` in sample-id order."""

@@ -238,9 +238,25 @@ def write_info(directory: Path, info: dict[str, Any]) -> None:
     _write_atomic(Path(directory) / "_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
 
 
+def fingerprint_json(value: Any) -> str:
+    """The JSON text `fingerprint` hashes for a value."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def fingerprint(*parts: Any) -> str:
     """sha256 of the JSON of everything that decides a shard set's bytes (inputs and parameters)."""
     h = hashlib.sha256()
     for part in parts:
-        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(fingerprint_json(part).encode())
+    return h.hexdigest()
+
+
+def fingerprint_streamed(head: Any, items: Iterable[str]) -> str:
+    """`fingerprint(head, [item, ...])` from each item's `fingerprint_json` text, one at a time, so a
+    million inputs never stand in one list."""
+    h = hashlib.sha256(fingerprint_json(head).encode())
+    h.update(b"[")
+    for i, item in enumerate(items):
+        h.update(b", " + item.encode() if i else item.encode())
+    h.update(b"]")
     return h.hexdigest()
