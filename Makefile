@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
+# for the tools recipes call directly (dvc); `fer` and the Prefect recipes take the project's settings
+# from fer_cli/env.py (`fer env`: PREFECT_HOME=.prefect, the API's auth string and guards)
 export DVC_NO_ANALYTICS := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
-export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup demo test test-all bench ui serve clean
+.PHONY: setup demo test test-all bench ui serve shell clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,22 +23,27 @@ setup: $(STAMP)
 ## Prefect server for the whole run (started here unless one answers; runs stay visible in `make ui`)
 demo: setup
 	scripts/with-prefect-server dvc repro
-	fer stats --catalog data/catalog.duckdb
-	dvc metrics show runs/*/metrics.json runs/pe_clip/ferv39k/metrics.json metrics/auformer_folds.json metrics/pe_clip_folds.json
-	@echo "catalog: $(CURDIR)/data/catalog.duckdb  (Parquet: data/catalog/)"
+	@echo "catalog: $(CURDIR)/data/catalog/ (Parquet; fer sql/stats read data/catalog.duckdb, built from it)"
 	@echo "shards:  $(CURDIR)/data/ingest/<dataset>/shards/"
-	@echo "plots:   $(CURDIR)/runs/<experiment>/plots/png/*.png  (dvc plots show for HTML)"
+	fer report --readme README.md
+	@echo "plots:   $(CURDIR)/runs/<run>/plots/png/, metrics/plots/, metrics/cross_dataset/ (HTML: dvc plots show)"
 
 ## every benchmark side by side -> benchmarks/results.{json,md,png} (~10 min on 2 cores); BENCH_ARGS=--quick: smoke run
 bench: setup
 	python benchmarks/report.py $(BENCH_ARGS)
 
-## the Prefect UI at http://127.0.0.1:4200 (then `make serve` in another terminal)
+## the Prefect UI at http://127.0.0.1:4200, 127.0.0.1 only; it asks for the auth string in .prefect/api-auth-string
 ui: setup
-	prefect server start --host 127.0.0.1
+	eval "$$(fer env)" && echo "UI log-in: the auth string in $$PREFECT_HOME/api-auth-string" && \
+	  exec prefect server start --host 127.0.0.1
 
+## the deployments `preprocess` and `train` (fer serve), on the server of `make ui` or one started for them
 serve: setup
-	PREFECT_API_URL=http://127.0.0.1:4200/api fer serve
+	scripts/with-prefect-server fer serve
+
+## a shell with the venv and the settings `fer` runs with (eval "$$(fer env)" does the same in yours)
+shell: setup
+	eval "$$(fer env)" && exec "$${SHELL:-bash}" -i
 
 test: setup
 	pytest -q

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import pandas as pd
 import typer
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fer_cli import env
 from fer_data.faces import BACKENDS
 from fer_data.settings import Settings
 
@@ -46,9 +47,9 @@ def print_frame(df: pd.DataFrame, title: str | None = None, fmt: Format = Format
     console.print(table)
 
 
-def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(code=2)
+def fail(message: str) -> NoReturn:
+    """A user's mistake: `fer_cli.main` prints it as one line, `error: ...`, and exits with code 2."""
+    raise ValueError(message)
 
 
 @app.command()
@@ -95,39 +96,39 @@ def ingest(
     address: Annotated[str | None, typer.Option(help="Dask scheduler for --runner dask, tcp://HOST:PORT")] = None,
 ) -> None:
     """Read a raw dataset, align its faces into shards and replace its rows in the catalog (a Prefect flow run)."""
-    from fer_data.datasets import LayoutError
-
     settings = dict(detector=detector.value, detector_model=detector_model, size=size, segments=segments,
                     shard_samples=shard_samples, shard_bytes=shard_mb * 2**20, workers=workers)
-    try:
-        if runner is Runner.none:
-            from fer_data.ingest import ingest as run_ingest
+    if runner is Runner.none:
+        from fer_data.ingest import ingest as run_ingest
 
-            with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=console, transient=True) as progress:
-                task = progress.add_task("ingest", total=None)
-                result = run_ingest(dataset, raw_root, out, **settings,
-                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-            summary = result.__dict__
-        else:
-            from flows.ingest import run_ingest as run_flow
+        with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("ingest", total=None)
+            result = run_ingest(dataset, raw_root, out, **settings,
+                                on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+        summary = result.__dict__
+    else:
+        from fer_data.datasets import get_adapter
 
-            summary = run_flow(dataset, raw_root, out, runner=runner.value, address=address, **settings)
-    except (LayoutError, KeyError, ValueError, FileNotFoundError) as err:
-        fail(str(err).strip('"'))
+        get_adapter(dataset).check_root(raw_root)  # a mistake is one line before any server starts
+        env.prefect_api()
+        from flows.ingest import run_ingest as run_flow
+
+        summary = run_flow(dataset, raw_root, out, runner=runner.value, address=address, **settings)
     console.print(f"[green]{summary['dataset']}[/]: {summary['rows_read']} rows read = {summary['n_samples']} samples "
                   f"+ {summary['n_rejects']} rejects -> {summary['catalog']}")
 
 
 @app.command()
 def merge(
-    parts: Annotated[list[Path], typer.Argument(help="per-dataset catalog files (data/ingest/*/catalog.duckdb)")],
+    parts: Annotated[list[Path], typer.Argument(help="per-dataset catalogs: Parquet folders (data/ingest/*/catalog) or .duckdb files")],
     out: Annotated[Path, typer.Option(help="output folder of the merged catalog.duckdb and catalog/ Parquet")] = Path("data"),
     metrics: Annotated[Path, typer.Option(help="per-dataset counts as DVC metrics JSON")] = Path("metrics/catalog.json"),
     plots: Annotated[Path, typer.Option(help="folder of class balance PNGs")] = Path("metrics/plots"),
     balance: Annotated[Path, typer.Option(help="class balance CSV for dvc plots")] = Path("metrics/class_balance.csv"),
 ) -> None:
     """Join per-dataset catalogs (one per DVC ingest stage), audit near-duplicates, write stats (a Prefect flow)."""
+    env.prefect_api()
     from flows.catalog import catalog_flow
 
     result = catalog_flow([str(p) for p in parts], str(out), str(metrics), str(plots), str(balance))
@@ -143,15 +144,9 @@ def sql(
     format: Annotated[Format, typer.Option(help="output format")] = Format.table,
 ) -> None:
     """Ask the catalog a question in SQL (read-only)."""
-    import duckdb
-
     from fer_data.catalog import query as run_query
 
-    try:
-        df = run_query(catalog, query)
-    except (duckdb.Error, FileNotFoundError) as err:
-        fail(str(err))
-    print_frame(df, fmt=format)
+    print_frame(run_query(catalog, query), fmt=format)
 
 
 @app.command()
@@ -164,8 +159,6 @@ def stats(
     from fer_data.catalog import query as run_query
     from fer_data.catalog import write_counts
 
-    if not catalog.exists():
-        fail(f"no catalog at {catalog}: run `fer ingest` first")
     sections = {
         "ingests": "SELECT dataset, rows_read, n_samples, n_rejects, rows_read = n_samples + n_rejects AS accounted "
                    "FROM ingests ORDER BY dataset",
@@ -194,12 +187,10 @@ def audit(
     catalog: Annotated[Path, typer.Option(help="catalog file")] = DEFAULT_CATALOG,
     max_distance: Annotated[int, typer.Option(help="pHash bits two near-duplicates may differ in")] = 4,
 ) -> None:
-    """Near-duplicate crops (perceptual hash): `duplicates` table, and groups crossing datasets or splits."""
+    """Near-duplicate crops (perceptual hash): `phashes` table, `duplicates` view, and groups crossing datasets or splits."""
     from fer_data.audit import audit as run_audit
     from fer_data.catalog import query as run_query
 
-    if not catalog.exists():
-        fail(f"no catalog at {catalog}: run `fer ingest` first")
     result = run_audit(catalog, max_distance)
     console.print(f"hashed {result.n_hashed} crops: {result.n_groups} near-duplicate groups, "
                   f"{result.n_cross_dataset} across datasets, {result.n_cross_split} across splits")
@@ -210,13 +201,21 @@ def audit(
 
 @app.command()
 def serve(
-    params: Annotated[Path, typer.Option(help="params file with the `schedules:` section")] = Path("params.yaml"),
-    repo: Annotated[Path | None, typer.Option(help="DVC project the deployments run in (default: this repo)")] = None,
+    params: Annotated[Path | None, typer.Option(
+        help="params file with the `schedules:` section (default: the project's params.yaml)")] = None,
+    repo: Annotated[Path | None, typer.Option(
+        help="DVC project the deployments run in, fixed while serving (default: the fer-pipeline project here)")] = None,
 ) -> None:
-    """Serve the `preprocess` and `train` deployments (cron from params.yaml) to a Prefect server (`make ui`)."""
+    """Serve the `preprocess` and `train` deployments (cron from params.yaml) to a Prefect server (`make serve`).
+    Their runs work in the one project fixed here: no run parameter names a folder."""
+    project = (repo or env.project_root() or Path.cwd()).resolve()
+    if not (project / "dvc.yaml").is_file():
+        fail(f"{project} is not a DVC project (no dvc.yaml): run `fer serve` inside the project or give --repo")
+    url = env.prefect_api()
     from flows.pipeline import serve_deployments
 
-    serve_deployments(params, str(repo.resolve()) if repo else None)
+    console.print(f"serving preprocess/preprocess and train/train for {project} to {url or 'a temporary server'}")
+    serve_deployments(project, params)
 
 
 @app.command("sample-data")

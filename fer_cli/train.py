@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from fer_cli import env
+
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a setting: key=value (repeatable)")]
 ParamsOption = Annotated[Path, typer.Option(help="params file whose `train:` section holds the defaults")]
 
@@ -22,15 +24,27 @@ def train(
     section: Annotated[list[str] | None, typer.Option(
         help="params sections applied after `train:`, e.g. the method's own (repeatable)")] = None,
     set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(
+        help="insist on continuing the run in OUT (an error if it holds no checkpoint of this configuration)")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace the run in OUT, whatever its configuration (removes its run files first)")] = False,
     prefect: Annotated[bool, typer.Option(help="run as a Prefect flow (artifacts in the UI)")] = True,
 ) -> None:
-    """Train a method on shards selected from the catalog; writes OUT/metrics.json, plots, checkpoints."""
+    """Train a method on shards selected from the catalog; writes OUT/metrics.json, plots, checkpoints.
+
+    OUT (--set out=...) defaults to runs/METHOD-DIGEST, or runs/multitask-PEFT-DIGEST, DIGEST naming the settings.
+
+    A folder holds one configuration's run: the same one continues where it stopped, another is refused."""
     from fer_models.config import TrainConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fer_models").setLevel(logging.INFO)  # epoch lines; not every HTTP call of Prefect
     cfg = TrainConfig.load(params, ["train", *(section or [])], overrides=[f"method={method}", *(set_ or [])])
+    from fer_models.train import prepare  # torch and the methods: after the settings are checked
+
+    prepare(cfg, resume=resume, overwrite=overwrite)  # mistakes and a used folder stop here, before any flow
     if prefect:
+        env.prefect_api()
         from flows.train import run_train
     else:
         from fer_models.train import train as run_train
@@ -66,6 +80,7 @@ def cross_eval(
     = Path("metrics/cross_dataset"),
 ) -> None:
     """Every run on every dataset's test split: the train x test table (a Prefect flow)."""
+    env.prefect_api()
     from flows.evaluate import evaluate_flow
 
     summary = evaluate_flow([str(r) for r in runs], [d.strip() for d in datasets.split(",") if d.strip()], str(out))

@@ -85,7 +85,8 @@ class AuditResult:
 
 
 def audit(catalog_path: str | Path, max_distance: int = 4, root: str | Path | None = None) -> AuditResult:
-    """Hash every sharded crop, write `phashes` and `duplicates` tables and the `leakage` view."""
+    """Hash every sharded crop into the catalog's `phashes` table (its `duplicates` and `leakage` views
+    read it)."""
     catalog_path = Path(catalog_path)
     base = Path(root) if root else catalog_path.resolve().parent
     shards = catalog.query(catalog_path, "SELECT DISTINCT shard FROM samples WHERE shard IS NOT NULL ORDER BY 1").shard
@@ -95,20 +96,11 @@ def audit(catalog_path: str | Path, max_distance: int = 4, root: str | Path | No
     groups = near_duplicate_groups(hashes, max_distance)
     phashes = pd.DataFrame({"sample_id": ids, "phash": [f"{h:016x}" for h in hashes], "group_id": groups})
     sizes = phashes.group_id.map(phashes.group_id.value_counts())
-    with catalog.connect(catalog_path) as con:
+    with catalog.rewrite(catalog_path) as con:
         con.register("incoming_hashes", phashes)
-        con.begin()
-        con.execute("CREATE OR REPLACE TABLE phashes AS SELECT * FROM incoming_hashes")
-        con.execute("CREATE OR REPLACE TABLE duplicates AS SELECT p.group_id, p.sample_id, s.dataset, s.split, p.phash "
-                    "FROM phashes p JOIN samples s USING (sample_id) WHERE p.group_id IN "
-                    "(SELECT group_id FROM phashes GROUP BY 1 HAVING count(*) > 1) ORDER BY 1, 2")
-        con.execute("""CREATE OR REPLACE VIEW leakage AS
-            SELECT group_id, count(*) AS n, count(DISTINCT dataset) AS n_datasets, count(DISTINCT split) AS n_splits,
-                   list(sample_id ORDER BY sample_id) AS samples,
-                   list(DISTINCT dataset || '/' || split) AS where_found
-            FROM duplicates GROUP BY group_id
-            HAVING count(DISTINCT dataset) > 1 OR count(DISTINCT split) > 1 ORDER BY n DESC, group_id""")
-        con.commit()
+        con.execute("DELETE FROM phashes")
+        con.execute("INSERT INTO phashes (sample_id, phash, group_id) "
+                    "SELECT sample_id, phash, group_id FROM incoming_hashes")
         n_cross_dataset, n_cross_split = con.execute(
             "SELECT count(*) FILTER (n_datasets > 1), count(*) FILTER (n_splits > 1) FROM leakage").fetchone()
     return AuditResult(len(ids), int(phashes.group_id[sizes > 1].nunique()), n_cross_dataset, n_cross_split)

@@ -1,17 +1,30 @@
-"""The DuckDB label catalog: schema, atomic per-dataset replacement, views, Parquet export.
+"""The label catalog: schema, views, atomic per-dataset replacement, merge, and safe queries.
+
+The catalog is the Parquet folder beside the DuckDB file (`data/catalog/` for `data/catalog.duckdb`),
+partitioned by dataset (`<table>/dataset=X/part0.parquet`): plain lists, no timestamps, rows in one
+order, so the same rows give the same bytes (what DVC hashes) and pyarrow, pandas or polars read it
+without DuckDB. The `.duckdb` file is a local index built from that folder: it records which Parquet
+files it was built from and is rebuilt (aside, then renamed) when they changed or it is missing.
+Every write builds a new index and a new Parquet folder aside and swaps them in, so neither a reader
+nor a kill -9 sees half a write, and a reader holding the old file never blocks a writer.
 
 Everything a user asks of the data ("how many AffectNet test faces have valence?", "which
-AUs are rare in BP4D fold 1?") is one SQL query over these tables and views.
+AUs are rare in BP4D fold 1?") is one SQL query over these tables and views, run read-only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +32,8 @@ import duckdb
 import pandas as pd
 
 from fer_data.labels import AGE_BINS, EMOTIONS, GENDERS
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -76,14 +91,27 @@ CREATE TABLE IF NOT EXISTS ingests (
     rows_read   BIGINT NOT NULL,
     n_samples   BIGINT NOT NULL,
     n_rejects   BIGINT NOT NULL,
-    params      JSON,
-    finished_at TIMESTAMP NOT NULL
+    params      JSON
+);
+CREATE TABLE IF NOT EXISTS phashes (          -- fer_data.audit: perceptual hash of each aligned crop
+    sample_id VARCHAR NOT NULL,
+    phash     VARCHAR NOT NULL,
+    group_id  BIGINT NOT NULL                 -- near-duplicate group
+);
+CREATE TABLE IF NOT EXISTS parquet_manifest ( -- the Parquet files this index was built from; none: written directly
+    files JSON NOT NULL
 );
 """
+TABLES = ("samples", "au_labels", "rejects", "shards", "ingests", "phashes")  # what the Parquet folder holds
+
+
+def sql_string(value: str) -> str:
+    """`value` as a DuckDB string literal, for the few places SQL cannot take a bound parameter."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _label_table(name: str, labels: Sequence[str]) -> str:
-    values = ", ".join(f"({i}, '{label}')" for i, label in enumerate(labels))
+    values = ", ".join(f"({i}, {sql_string(label)})" for i, label in enumerate(labels))
     return f"CREATE OR REPLACE VIEW {name}(id, name) AS SELECT * FROM (VALUES {values})"
 
 
@@ -141,6 +169,21 @@ FROM au_occurrence ORDER BY dataset, split, au
 CREATE OR REPLACE VIEW reject_summary AS
 SELECT dataset, stage, reason, count(*) AS n FROM rejects GROUP BY dataset, stage, reason ORDER BY dataset, n DESC
 """,
+    # The audit's near-duplicate groups of more than one current sample, and those crossing datasets or splits.
+    """
+CREATE OR REPLACE VIEW duplicates AS
+WITH hashed AS (SELECT p.group_id, p.sample_id, s.dataset, s.split, p.phash
+                FROM phashes p JOIN samples s USING (sample_id))
+SELECT * FROM hashed WHERE group_id IN (SELECT group_id FROM hashed GROUP BY 1 HAVING count(*) > 1) ORDER BY 1, 2
+""",
+    """
+CREATE OR REPLACE VIEW leakage AS
+SELECT group_id, count(*) AS n, count(DISTINCT dataset) AS n_datasets, count(DISTINCT split) AS n_splits,
+       list(sample_id ORDER BY sample_id) AS samples,
+       list(DISTINCT dataset || '/' || split ORDER BY dataset || '/' || split) AS where_found
+FROM duplicates GROUP BY group_id
+HAVING count(DISTINCT dataset) > 1 OR count(DISTINCT split) > 1 ORDER BY n DESC, group_id
+""",
 ]
 
 SAMPLE_COLUMNS = [
@@ -154,8 +197,15 @@ REJECT_COLUMNS = ["dataset", "source_path", "stage", "reason", "detail"]
 
 
 COLUMNS = {"samples": SAMPLE_COLUMNS, "au_labels": AU_COLUMNS, "rejects": REJECT_COLUMNS, "shards": SHARD_COLUMNS}
-WRITE_MEMORY = "1GB"  # DuckDB's own memory while an ingest writes and exports; beyond it DuckDB spills to disk (64 MB failed to commit 1M samples)
+WRITE_MEMORY = "1GB"  # DuckDB's own memory while a write builds the index and exports; beyond it DuckDB spills to disk
 _INSERT_ROWS = 5_000  # rows of one table gathered per INSERT: few statements, bounded memory
+_REBASED = {"samples": "shard", "shards": "path"}  # columns holding paths relative to the catalog's folder
+_HIVE = "hive_partitioning = true, hive_types_autocast = false"  # `dataset` from the folder name, as text
+
+
+class QueryError(duckdb.Error, ValueError):
+    """A query or selection the catalog refuses or DuckDB rejects, in one line. A `ValueError` (a user's
+    mistake) and a `duckdb.Error` (what callers of DuckDB already catch)."""
 
 
 @dataclass
@@ -173,64 +223,123 @@ class DatasetRows:
     parts: Iterable[dict[str, list[dict[str, Any]]]]
 
 
-def connect(path: str | Path, read_only: bool = False, wait_s: float = 60.0) -> duckdb.DuckDBPyConnection:
-    """Open the catalog (creating schema and views); waits for a writer holding the file lock.
+def parquet_folder(path: str | Path) -> Path:
+    """The Parquet folder a catalog index belongs to: `data/catalog.duckdb` -> `data/catalog`."""
+    path = Path(path)
+    if not path.suffix:
+        raise ValueError(f"a catalog file needs a suffix such as .duckdb (its Parquet folder is the name "
+                         f"without it): {path}")
+    return path.with_suffix("")
 
-    DuckDB allows one writing process per file: a second ingest waits up to `wait_s`, then
-    fails with a message that names the file instead of a bare lock error.
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def connect(path: str | Path, read_only: bool = False, wait_s: float = 5.0) -> duckdb.DuckDBPyConnection:
+    """A connection to the index file. Read-only: brought up to date with its Parquet folder first.
+
+    Writable: the file itself, for tools that build a catalog directly (benchmarks); the catalog's own
+    writes go through `rewrite`. Such a file has no manifest, so the next reader takes its rows as the
+    catalog's and exports them to the Parquet folder.
     """
     path = Path(path)
-    if read_only and not path.exists():
-        raise FileNotFoundError(f"no catalog at {path}: run `fer ingest` first")
+    if read_only:
+        return _indexed(path, lambda: _open(path, read_only=True, wait_s=wait_s))
     path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
-        except duckdb.IOException as err:
-            if "lock" not in str(err).lower() or time.monotonic() > deadline:
-                raise RuntimeError(f"catalog {path} is locked by another process (another ingest?): {err}") from err
-            time.sleep(0.5)
-    if not read_only:
-        con.execute("BEGIN TRANSACTION")  # one commit, not one per statement
-        con.execute(SCHEMA)
-        for view in VIEWS:
-            con.execute(view)
-        con.execute("COMMIT")
+    con = _open(path, read_only=False, wait_s=wait_s)
+    _create_schema(con)
+    con.execute("DELETE FROM parquet_manifest")
     return con
 
 
-def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=columns)
-    if "extra" in df:
-        df["extra"] = [None if e is None else json.dumps(e, sort_keys=True) for e in df["extra"]]
-    return df.astype(object).where(df.notna(), None)
+def query(path: str | Path, sql: str, params: Iterable[Any] | None = None) -> pd.DataFrame:
+    """Run one read-only statement (SELECT, WITH, FROM, DESCRIBE, ...) over the catalog as a DataFrame.
 
-
-def _swap(con: duckdb.DuckDBPyConnection, dataset: str, fill: Callable[[], None]) -> None:
-    """Delete one dataset's rows from every table and `fill()` new ones in one transaction."""
+    What `fer sql` and every selection run: exactly one statement, on a connection that cannot touch
+    files (no COPY TO, ATTACH, read_text, ...) and cannot change that setting. Refusals and DuckDB's
+    errors come back as one-line `QueryError`s.
+    """
     try:
-        con.begin()
-        con.execute("DELETE FROM au_labels WHERE sample_id IN (SELECT sample_id FROM samples WHERE dataset = ?)",
-                    [dataset])
-        for table in ("samples", "rejects", "shards", "ingests"):
-            con.execute(f"DELETE FROM {table} WHERE dataset = ?", [dataset])
-        fill()
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise QueryError(_first_line(err)) from err
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        kinds = ", ".join(s.type.name for s in statements) or "nothing"
+        raise QueryError(f"the catalog answers one read-only query (SELECT ...), got: {kinds}")
+    path = Path(path)
+
+    def attach() -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(":memory:")
+        try:
+            _retry_lock(path, 5.0, lambda: con.execute("ATTACH ? AS catalog (READ_ONLY)", [str(path)]))
+            con.execute("USE catalog")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    con = _indexed(path, attach)
+    try:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con.execute(statements[0], list(params or [])).fetchdf()
+    except duckdb.Error as err:
+        raise QueryError(_first_line(err)) from err
+    finally:
+        con.close()
+
+
+def expression(where: str) -> str:
+    """A selection (`--where`, a config's `train_where` / `test_where`) checked to be exactly one SQL
+    expression, ready to stand in parentheses in a WHERE clause: it can neither close them nor add a
+    statement. Raises `QueryError` naming the selection otherwise."""
+    try:
+        parsed = duckdb.SQLExpression(where)
+    except duckdb.Error as err:
+        raise QueryError(f"selection {where!r} is not one SQL expression: {_first_line(err)}") from err
+    return f"(\n{parsed}\n)"  # own lines: a trailing `--` comment cannot swallow the closing parenthesis
+
+
+def write_counts(path: str | Path, target: str | Path) -> pd.DataFrame:
+    """Per-dataset rows read / samples / rejects as a DVC metrics JSON ({dataset: {...}}); returns them."""
+    counts = query(path, "SELECT dataset, rows_read, n_samples, n_rejects FROM ingests ORDER BY dataset")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(json.loads(counts.set_index("dataset").to_json(orient="index")), indent=2) + "\n")
+    return counts
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+@contextmanager
+def rewrite(path: str | Path, drop: Collection[str] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A new version of the catalog: yields a connection (in a transaction) to a fresh index holding
+    the current rows less the datasets in `drop` (`None`: none of them); when the block ends, its rows
+    become the Parquet folder and the index, both swapped in whole. An exception leaves both as they were.
+    The catalog is locked meanwhile: read it through the yielded connection.
+    """
+    path = Path(path)
+    folder = parquet_folder(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(path):
+        listing = _settle(path, migrate=True)
+        with _new_index(path) as con:
+            if listing is not None and drop is not None:
+                _load(con, folder, drop=drop)
+            con.begin()
+            yield con
+            con.commit()
+            _publish(con, folder)
 
 
 def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path | None = None) -> None:
-    """Swap one dataset's rows in all tables: all of the new run or, if anything fails, the old one;
-    then, with `parquet_dir`, `export_parquet` over the same connection (a second open costs more
-    than the export)."""
-    def fill() -> None:
-        counts = dict.fromkeys(COLUMNS, 0)
-        pending: dict[str, list[dict[str, Any]]] = {table: [] for table in COLUMNS}
-
+    """Swap one dataset's rows in all tables: all of the new run or, if anything fails, the old one.
+    The Parquet folder is always the one beside `path`; `parquet_dir`, if given, must name it."""
+    path = Path(path)
+    if parquet_dir is not None and Path(parquet_dir).resolve() != parquet_folder(path).resolve():
+        raise ValueError(f"the Parquet of {path} is {parquet_folder(path)}, not {parquet_dir}")
+    counts = dict.fromkeys(COLUMNS, 0)
+    pending: dict[str, list[dict[str, Any]]] = {table: [] for table in COLUMNS}
+    with rewrite(path, drop=[rows.dataset]) as con:
         def insert(table: str) -> None:
             df = _frame(pending[table], COLUMNS[table])
             con.register("incoming", df)
@@ -248,90 +357,283 @@ def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path
             if items:
                 insert(table)
         con.execute(
-            "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, now())",
+            "INSERT INTO ingests (dataset, raw_root, rows_read, n_samples, n_rejects, params) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             [rows.dataset, rows.raw_root, rows.rows_read, counts["samples"], counts["rejects"],
              json.dumps(rows.params, sort_keys=True)],
         )
 
-    with connect(path) as con:
-        con.execute(f"SET memory_limit = '{WRITE_MEMORY}'")  # spill, not grow, with the dataset
-        _swap(con, rows.dataset, fill)
-        if parquet_dir is not None:
-            _export(con, Path(parquet_dir))
 
+def merge(parts: Iterable[str | Path], dest: str | Path, fresh: bool = False) -> list[str]:
+    """Copy every dataset of the part catalogs (index files or their Parquet folders) into `dest`,
+    replacing those datasets there; `fresh`: `dest` then holds the parts' datasets and nothing else.
 
-def merge(parts: Iterable[str | Path], dest: str | Path) -> list[str]:
-    """Copy every dataset of the part catalogs into `dest`, replacing it there.
-
-    DVC runs one ingest stage per dataset, each with its own catalog file; this joins them.
+    DVC runs one ingest stage per dataset, each with its own catalog; this joins them. The parts are
+    read before `dest` changes, so `dest` may be one of them; a failure leaves `dest` as it was.
     """
-    merged = []
     dest = Path(dest)
-    with connect(dest) as con:
-        for part in parts:
+    folders = [_part_folder(Path(part)) for part in parts]  # before dest is locked: it may be among them
+    merged: list[str] = []
+    with rewrite(dest, drop=None if fresh else ()) as con:
+        for folder in folders:
+            datasets = [d for (d,) in con.execute(
+                f"SELECT DISTINCT dataset FROM read_parquet(?, {_HIVE}) ORDER BY 1", [_files(folder, "ingests")]
+            ).fetchall()]
             # Shard paths are relative to their catalog's folder: re-base them on dest's folder.
-            prefix = Path(os.path.relpath(Path(part).resolve().parent, dest.resolve().parent)).as_posix() + "/"
-            prefix = "" if prefix == "./" else prefix
-            rebase = {"samples": "* REPLACE (? || shard AS shard)", "shards": "* REPLACE (? || path AS path)"}
-            con.execute(f"ATTACH '{Path(part)}' AS part (READ_ONLY)")
-            try:
-                for (dataset,) in con.execute("SELECT dataset FROM part.ingests ORDER BY dataset").fetchall():
-                    def fill(dataset: str = dataset) -> None:
-                        con.execute("INSERT INTO au_labels SELECT a.* FROM part.au_labels a "
-                                    "JOIN part.samples s USING (sample_id) WHERE s.dataset = ?", [dataset])
-                        for table in ("samples", "rejects", "shards", "ingests"):
-                            columns = rebase.get(table, "*")
-                            args = [prefix, dataset] if table in rebase else [dataset]
-                            con.execute(f"INSERT INTO {table} SELECT {columns} FROM part.{table} WHERE dataset = ?", args)
-
-                    _swap(con, dataset, fill)
-                    merged.append(dataset)
-            finally:
-                con.execute("DETACH part")
+            prefix = Path(os.path.relpath(folder.resolve().parent, dest.resolve().parent)).as_posix() + "/"
+            _delete(con, datasets)
+            _load(con, folder, rebase="" if prefix == "./" else prefix)
+            merged += datasets
     return merged
 
 
-def export_parquet(path: str | Path, out_dir: str | Path) -> Path:
-    """Parquet copy of the catalog, partitioned by dataset (`out_dir/<table>/dataset=X/*.parquet`)."""
-    with connect(path, read_only=True) as con:
-        return _export(con, Path(out_dir))
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=columns)
+    if "extra" in df:
+        df["extra"] = [None if e is None else json.dumps(e, sort_keys=True) for e in df["extra"]]
+    return df.astype(object).where(df.notna(), None)
 
 
-def _export(con: duckdb.DuckDBPyConnection, out_dir: Path) -> Path:
-    """Each table is written to a fresh folder that then replaces the old one: writing into the old
-    folder would leave the partitions of datasets (or rejects) that are gone from the catalog."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    queries = {
-        "samples": "SELECT * FROM samples",
-        "au_labels": "SELECT s.dataset, a.* FROM au_labels a JOIN samples s USING (sample_id)",
-        "rejects": "SELECT * FROM rejects",
-        "shards": "SELECT * FROM shards",
-    }
-    for table, query in queries.items():
-        target, fresh, old = out_dir / table, out_dir / f".{table}.new", out_dir / f".{table}.old"
-        for leftover in (fresh, old):
-            shutil.rmtree(leftover, ignore_errors=True)
-        if con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]:
-            con.execute(f"COPY ({query} ORDER BY ALL) TO '{fresh}' "
-                        "(FORMAT PARQUET, PARTITION_BY (dataset), FILENAME_PATTERN 'part{i}')")
-        if target.exists():
-            target.rename(old)
-        if fresh.exists():
-            fresh.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+# --- the index and its Parquet folder --------------------------------------------------------------
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def write_counts(path: str | Path, target: str | Path) -> pd.DataFrame:
-    """Per-dataset rows read / samples / rejects as a DVC metrics JSON ({dataset: {...}}); returns them."""
-    counts = query(path, "SELECT dataset, rows_read, n_samples, n_rejects FROM ingests ORDER BY dataset")
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(json.loads(counts.set_index("dataset").to_json(orient="index")), indent=2) + "\n")
-    return counts
+def _retry_lock(path: Path, wait_s: float, attempt: Callable[[], Any]) -> Any:
+    """`attempt()` until DuckDB's file lock lets it, for at most `wait_s`; then one error naming the
+    file and the process holding it (only a writer that opened the file itself can hold it)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return attempt()
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise
+            if time.monotonic() > deadline:
+                holder = re.search(r"held in (.+?) by user", str(err))
+                who = holder.group(1) if holder else _first_line(err)
+                raise RuntimeError(f"catalog {path} is locked by another process ({who}): close it, retry") from err
+            time.sleep(0.2)
 
 
-def query(path: str | Path, sql: str, params: Iterable[Any] | None = None) -> pd.DataFrame:
-    """Run a read-only SQL query over the catalog and return a DataFrame."""
-    with connect(path, read_only=True) as con:
-        return con.execute(sql, list(params or [])).fetchdf()
+def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    return _retry_lock(path, wait_s, lambda: duckdb.connect(str(path), read_only=read_only))
+
+
+def _create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("BEGIN TRANSACTION")  # one commit, not one per statement
+    con.execute(SCHEMA)
+    for view in VIEWS:
+        con.execute(view)
+    con.execute("COMMIT")
+
+
+@cache
+def _columns() -> dict[str, list[tuple[str, str]]]:
+    """(name, type) of each table's columns, in schema order: what the Parquet holds and loads."""
+    con = duckdb.connect(":memory:")
+    con.execute(SCHEMA)
+    rows = con.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                       "WHERE database_name = current_database() ORDER BY table_name, column_index").fetchall()
+    con.close()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for table, column, data_type in rows:
+        out.setdefault(table, []).append((column, data_type))
+    return out
+
+
+def _files(folder: Path, table: str) -> list[str]:
+    return [str(p) for p in sorted((folder / table).glob("*/*.parquet"))]
+
+
+def _listing(folder: Path) -> list[list[Any]] | None:
+    """The Parquet files of a folder as the index's cache key: name, size, mtime, inode (None: no folder)."""
+    if not folder.is_dir():
+        return None
+    return [[p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino]
+            for p in sorted(folder.rglob("*.parquet")) for st in [p.stat()]]
+
+
+def _manifest(con: duckdb.DuckDBPyConnection) -> list[list[Any]] | None:
+    """The listing an index was built from; None when it was written directly (no manifest)."""
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                        "AND table_name = 'parquet_manifest'").fetchone()[0]
+    row = con.execute("SELECT files FROM parquet_manifest").fetchone() if found else None
+    return None if row is None else json.loads(row[0])
+
+
+def _manifest_of(path: Path) -> list[list[Any]] | None:
+    if not path.exists():
+        return None
+    with _open(path, read_only=True, wait_s=5.0) as con:
+        return _manifest(con)
+
+
+def _indexed(path: Path, open_index: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """`open_index()` once the index matches its Parquet folder: rebuilt first if missing or stale. The
+    check costs a listing of the folder and one read of the connection the caller wanted anyway."""
+    folder = parquet_folder(path)
+    if not path.exists() and not folder.exists():
+        raise FileNotFoundError(f"no catalog at {path}: run `fer ingest` first")
+    if path.exists():
+        con = open_index()
+        manifest = _manifest(con)
+        if manifest is not None and manifest == _listing(folder):
+            return con
+        con.close()
+    with _lock(path):  # rebuild once, whoever else is waiting for it
+        listing = _settle(path, migrate=False)
+        if listing is not None and listing != _manifest_of(path):
+            with _new_index(path) as con:
+                _load(con, folder)
+                _record(con, listing)
+    return open_index()
+
+
+def _settle(path: Path, migrate: bool) -> list[list[Any]] | None:
+    """Under the lock: finish or undo an interrupted folder swap; export an index written directly (an
+    older fer, or `connect` for writing), whose rows are the catalog's, when its Parquet folder exists
+    or `migrate`; returns the Parquet listing (None: no folder)."""
+    folder = parquet_folder(path)
+    new, old = _aside(folder, "new"), _aside(folder, "old")
+    if not folder.exists() and old.exists():  # stopped between the two renames: `new` was complete
+        (new if new.exists() else old).rename(folder)
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    listing, manifest = _listing(folder), _manifest_of(path)
+    if path.exists() and manifest is None and (listing is not None or migrate):
+        with _open(path, read_only=True, wait_s=5.0) as con:
+            _publish(con, folder, record=False)  # rebuilt from the folder next
+        listing = _listing(folder)
+    elif listing is None and manifest is not None:
+        raise FileNotFoundError(f"{folder} is missing but {path} was built from it: restore it "
+                                f"(`dvc checkout`), or delete {path} and ingest again")
+    return listing
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """One writer (or index rebuild) of a catalog at a time. An flock: the kernel frees it when its
+    holder dies, kill -9 included."""
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another process is writing this catalog; waiting for it", path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def _new_index(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An empty index in a temporary file, renamed over `path` when the block ends; removed if it fails.
+    Readers that hold the old file keep reading it; new ones get the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    wal = Path(f"{path}.wal")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp), config={"memory_limit": WRITE_MEMORY})  # spill, not grow, with the data
+    try:
+        _create_schema(con)
+        yield con
+        con.close()  # checkpoints: the file is whole before it is renamed
+        wal.unlink(missing_ok=True)  # a crashed direct writer's log belongs to the old file
+        os.replace(tmp, path)
+    finally:
+        con.close()
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
+
+
+def _record(con: duckdb.DuckDBPyConnection, listing: list[list[Any]] | None) -> None:
+    con.execute("DELETE FROM parquet_manifest")
+    con.execute("INSERT INTO parquet_manifest VALUES (?)", [json.dumps(listing)])
+
+
+def _aside(folder: Path, tag: str) -> Path:
+    """A staging name beside `folder` (`.catalog.new.tmp`): `*.tmp` is what DVC and git ignore."""
+    return folder.with_name(f".{folder.name}.{tag}.tmp")
+
+
+def _publish(con: duckdb.DuckDBPyConnection, folder: Path, record: bool = True) -> None:
+    """Export the connection's tables into a fresh folder beside `folder`, `record` its listing in the
+    index and swap it in: writing into the old folder would leave partitions of datasets that are gone,
+    and a crash half-way a mix of two catalogs."""
+    new, old = _aside(folder, "new"), _aside(folder, "old")
+    shutil.rmtree(new, ignore_errors=True)
+    _export(con, new)
+    if record:
+        _record(con, _listing(new))  # names, sizes, mtimes and inodes survive the rename of the folder
+    if folder.exists():
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export(con: duckdb.DuckDBPyConnection, out: Path) -> None:
+    """Each table as Parquet partitioned by dataset, byte for byte the same for the same rows: sorted,
+    one thread, fixed-size arrays as plain lists (pyarrow cannot read DuckDB's arrays holding NULLs)."""
+    out.mkdir(parents=True)
+    present = {t for (t,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+    con.execute("SET threads = 1")
+    try:
+        for table in TABLES:
+            if table not in present:  # an older catalog
+                continue
+            columns = _columns()[table]
+            select = ", ".join(f"t.{name}::{_as_list(kind)} AS {name}" if _as_list(kind) != kind else f"t.{name}"
+                               for name, kind in columns)
+            if any(name == "dataset" for name, _ in columns):
+                body = f"SELECT {select} FROM {table} t"
+            else:
+                body = f"SELECT s.dataset, {select} FROM {table} t JOIN samples s USING (sample_id)"
+            if con.execute(f"SELECT count(*) FROM ({body})").fetchone()[0]:
+                con.execute(f"COPY ({body} ORDER BY ALL) TO ? "
+                            "(FORMAT PARQUET, PARTITION_BY (dataset), FILENAME_PATTERN 'part{i}')", [str(out / table)])
+    finally:
+        con.execute("RESET threads")
+
+
+def _as_list(kind: str) -> str:
+    """A DuckDB type with fixed-size arrays made plain lists: REAL[4] -> REAL[]."""
+    return re.sub(r"\[\d+\]$", "[]", kind)
+
+
+def _load(con: duckdb.DuckDBPyConnection, folder: Path, drop: Collection[str] = (), rebase: str = "") -> None:
+    """Insert a Parquet folder's rows (less the datasets in `drop`; path columns prefixed with `rebase`)."""
+    if not _files(folder, "ingests") and any(_files(folder, table) for table in TABLES):
+        raise ValueError(f"{folder} has no ingests table: it was written by an older fer; ingest it again")
+    for table in TABLES:
+        files = _files(folder, table)
+        if not files:
+            continue
+        names = [name for name, _ in _columns()[table]]
+        select = ", ".join(f"$rebase || {n} AS {n}" if _REBASED.get(table) == n else n for n in names)
+        args: dict[str, Any] = {"files": files, "drop": list(drop)}
+        if table in _REBASED:
+            args["rebase"] = rebase
+        con.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {select} FROM read_parquet($files, {_HIVE}) "
+                    "WHERE NOT list_contains($drop::VARCHAR[], dataset)", args)
+
+
+def _delete(con: duckdb.DuckDBPyConnection, datasets: Sequence[str]) -> None:
+    args = {"d": list(datasets)}
+    for table in ("au_labels", "phashes"):
+        con.execute(f"DELETE FROM {table} WHERE sample_id IN "
+                    "(SELECT sample_id FROM samples WHERE list_contains($d::VARCHAR[], dataset))", args)
+    for table in ("samples", "rejects", "shards", "ingests"):
+        con.execute(f"DELETE FROM {table} WHERE list_contains($d::VARCHAR[], dataset)", args)
+
+
+def _part_folder(part: Path) -> Path:
+    """The Parquet folder of a merge part: the folder itself, or the one beside an index file."""
+    if not part.is_dir():
+        if not part.suffix or not (part.exists() or parquet_folder(part).is_dir()):
+            raise FileNotFoundError(f"no catalog at {part}")
+        with _lock(part):
+            _settle(part, migrate=True)
+        part = parquet_folder(part)
+    if not _files(part, "ingests"):
+        raise ValueError(f"{part} is not a catalog: no ingests/ Parquet in it")
+    return part

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
@@ -24,15 +23,15 @@ from typing import IO, Any, Protocol
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from fer_data import catalog, shards
 from fer_data.datasets import BadRow, get_adapter
+from fer_data.decode import MAX_CLIP_PIXELS, MAX_PIXELS, read_image
 from fer_data.faces.detectors import DETECTORS
 from fer_data.faces.stage import AlignedFace, FaceAligner, FaceConfig, backend_for
 from fer_data.labels import LABEL_SPACES
 from fer_data.record_store import RecordStore
-from fer_data.records import Record, Reject
+from fer_data.records import Record, Reject, printable
 from fer_data.settings import Settings
 from fer_data.video import Clip, tsn_indices
 
@@ -72,22 +71,29 @@ class IngestResult:
     catalog: Path
 
 
-def _decode_file(path: Path) -> tuple[np.ndarray, bytes]:
-    data = path.read_bytes()
-    if not data:
-        raise BadRow("empty_file", f"{path} has 0 bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), data
-    except UnidentifiedImageError:  # its message names the in-memory buffer, a new address each run
-        raise BadRow("corrupt_image", f"{path}: expected an image file (JPEG, PNG, ...), found no known "
-                                      f"image format in its {len(data)} bytes") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadRow("corrupt_image", f"{path}: expected a decodable image ({type(err).__name__}: {err})") from None
-
-
 def load(rec: Record, segments: int) -> Loaded:
-    """Read and fully decode a record's source to RGB frames; BadRow says what is wrong with it."""
+    """Read and decode a record's source to RGB frames within the pixel budget (`fer_data.decode`):
+    an image in `MAX_PIXELS`, a clip in `MAX_CLIP_PIXELS` over its frames. BadRow says what is wrong
+    with it, an OSError's included (a 300-character name, a file it may not read). Frames decoded
+    smaller than the source carry their size in `extra["decoded_size"]`, and the release's
+    landmarks or face box in `rec` are scaled to them, so a given face aligns where it is."""
+    try:
+        got = _load(rec, segments)
+    except OSError as err:
+        raise BadRow.from_os_error(err.filename or rec.source_path, err) from None
+    height, width = got.frames.shape[1:3]
+    if (width, height) != (got.source.width, got.source.height):
+        sx, sy = width / got.source.width, height / got.source.height
+        if rec.landmarks is not None:
+            rec.landmarks = tuple((x * sx, y * sy) for x, y in rec.landmarks)
+        if rec.face_box is not None:
+            x0, y0, x1, y1 = rec.face_box
+            rec.face_box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        got.extra["decoded_size"] = [width, height]
+    return got
+
+
+def _load(rec: Record, segments: int) -> Loaded:
     path = Path(rec.source_path)
     if rec.pixels is not None:
         data = np.ascontiguousarray(rec.pixels).tobytes()
@@ -96,13 +102,13 @@ def load(rec: Record, segments: int) -> Loaded:
     if not path.exists():
         raise BadRow("missing_file", f"{path} does not exist")
     if rec.kind == "image" and rec.frame_index is None:
-        rgb, data = _decode_file(path)
-        return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {}, data)
+        rgb, data, (width, height) = read_image(path)
+        return Loaded(rgb[None], Source(_sha(data), len(data), width, height), {}, data)
     if path.is_file() and path.stat().st_size == 0:
         raise BadRow("empty_file", f"{path} has 0 bytes")
     start, end = rec.frame_range or (rec.frame_index or 0, rec.frame_index)
     try:
-        clip = _open_clip(path)
+        clip = _open_clip(path, MAX_PIXELS if rec.kind == "image" else MAX_CLIP_PIXELS // segments)
         n_frames = clip.n_frames - start if end is None else min(end, clip.n_frames - 1) - start + 1
         if n_frames <= 0:
             raise BadRow("empty_video", f"{path} has no frames in range {start}..{end} ({clip.n_frames} frames)")
@@ -112,10 +118,12 @@ def load(rec: Record, segments: int) -> Loaded:
         if isinstance(err, BadRow):
             raise
         _local.clip = None  # a reader that failed mid-file is not reused for the next record
-        raise BadRow("corrupt_video", str(err) if str(path) in str(err) else f"{path}: {err}") from None
+        message = str(err) if str(path) in str(err) else f"{path}: {err}"
+        raise BadRow("corrupt_video", printable(message)) from None  # a frame's name may be no UTF-8
+    width, height = clip.size or (frames.shape[2], frames.shape[1])
     if rec.kind == "image":  # one frame of a video: its own pixels identify it
         data = frames[0].tobytes()
-        return Loaded(frames, Source(_sha(data), len(data), frames.shape[2], frames.shape[1], 1, clip.fps), {})
+        return Loaded(frames, Source(_sha(data), len(data), width, height, 1, clip.fps), {})
     extra: dict[str, Any] = {"frame_indices": [start + i for i in indices]}
     if n_frames < segments:
         extra["short_clip"] = True
@@ -123,7 +131,7 @@ def load(rec: Record, segments: int) -> Loaded:
         digest, size = _file_digest(path, path.stat().st_mtime_ns), path.stat().st_size
     else:
         digest, size = _sha(b"".join(f.tobytes() for f in frames)), int(frames.nbytes)
-    return Loaded(frames, Source(digest, size, frames.shape[2], frames.shape[1], n_frames, clip.fps), extra)
+    return Loaded(frames, Source(digest, size, width, height, n_frames, clip.fps), extra)
 
 
 @functools.lru_cache(maxsize=64)
@@ -136,11 +144,11 @@ def _file_digest(path: Path, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def _open_clip(path: Path) -> Clip:
+def _open_clip(path: Path, max_pixels: int) -> Clip:
     """This thread's open reader of `path`: consecutive records (DISFA frames, sorted) reuse it."""
     cached = getattr(_local, "clip", None)
-    if cached is None or cached.path != path:
-        cached = _local.clip = Clip(path)
+    if cached is None or (cached.path, cached.max_pixels) != (path, max_pixels):
+        cached = _local.clip = Clip(path, max_pixels)
     return cached
 
 
@@ -159,6 +167,22 @@ def shard_labels(rec: Record) -> dict[str, Any]:
 
 
 _RECORD_COLUMNS = [f.name for f in fields(Record) if f.name in catalog.SAMPLE_COLUMNS]
+
+
+def in_source_pixels(geometry: dict[str, Any], decoded: list[int] | None, src: Source) -> dict[str, Any]:
+    """Box, landmarks and alignment matrix of frames decoded smaller than the source (the pixel budget,
+    `extra.decoded_size`) mapped back to source pixels, which is what the catalog's columns mean."""
+    if not decoded:
+        return geometry
+    sx, sy = decoded[0] / src.width, decoded[1] / src.height
+    out = dict(geometry)
+    for key in ("face_box", "landmarks"):
+        if out.get(key) is not None:
+            out[key] = [v / (sx if i % 2 == 0 else sy) for i, v in enumerate(out[key])]
+    if out.get("align_matrix") is not None:  # crop = M @ decoded = M @ diag(sx, sy) @ source
+        a, b, c, d, e, f = out["align_matrix"]
+        out["align_matrix"] = [a * sx, b * sy, c, d * sx, e * sy, f]
+    return out
 
 
 def sample_row(rec: Record, src: Source, geometry: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +271,8 @@ class Worker:
             files["json"] = json.dumps(shard_labels(rec), sort_keys=True).encode()
             sample = shards.encode_sample(shards.sample_key(rec.sample_id), files)
             centre = kept[len(kept) // 2]
-            row = sample_row(rec, got.source, centre.geometry)
+            row = sample_row(rec, got.source, in_source_pixels(centre.geometry, got.extra.get("decoded_size"),
+                                                               got.source))
             if got.extra or rec.kind == "clip":
                 row["extra"] = {**(row["extra"] or {}), **got.extra,
                                 "missed_frames": sum(isinstance(f, Reject) for f in faces)}
@@ -256,31 +281,47 @@ class Worker:
 
 
 class InputKeys:
-    """Cheap identity of each input as fingerprint JSON: id, labels, path and file size/mtime (content
-    is hashed later). Rows inside one label file (`FILE#row=N`) share one stat of FILE for the whole job."""
+    """Identity of each input as fingerprint JSON: id, labels, path relative to the raw root and the
+    sha256 of its file. Content, not mtime or absolute path: a fresh clone, a copy or a `touch` gives
+    the same fingerprint (so DVC sees the same shards), an edited file another. Rows inside one label
+    file (`FILE#row=N`) share one hash of FILE for the whole job, and consecutive records of one video
+    (DISFA's frames) one hash of the video."""
 
-    def __init__(self) -> None:
-        self._label_files: dict[str, list[int] | None] = {}
+    def __init__(self, raw_root: str | Path) -> None:
+        self.root = str(Path(raw_root).resolve())
+        self._label_files: dict[str, str | None] = {}
+        self._last: tuple[str, str | None] = ("", None)
 
     def __call__(self, rec: Record) -> str:
         path, inside_file, _ = rec.source_path.partition("#")
         if inside_file:
             if path not in self._label_files:
-                self._label_files[path] = _stat(path)
+                self._label_files[path] = _content(path)
             found = self._label_files[path]
         else:
-            found = _stat(path)
-        return shards.fingerprint_json([rec.sample_id, shard_labels(rec), rec.source_path, found, rec.landmarks,
-                                        rec.face_box])
+            if self._last[0] != path:
+                self._last = (path, _content(path))
+            found = self._last[1]
+        return shards.fingerprint_json([rec.sample_id, shard_labels(rec), relative(rec.source_path, self.root),
+                                        found, rec.landmarks, rec.face_box])
 
 
-def _stat(path: str) -> list[int] | None:
-    """[size, mtime_ns] of a regular file, else None."""
+def _content(path: str) -> str | None:
+    """sha256 of a file, or of a frame folder's (name, sha256) list; None if missing or unreadable
+    (decoding then says what is wrong)."""
     try:
-        st = os.stat(path)
+        if os.path.isdir(path):
+            return shards.fingerprint(sorted((e.name, _content(e.path)) for e in os.scandir(path) if e.is_file()))
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
+
+
+def relative(source_path: str, root: str) -> str:
+    """A source path as the catalog keeps it: relative to the dataset's raw root (`ingests.raw_root`),
+    so a catalog, its Parquet and its fingerprints are the same wherever the data sits."""
+    return os.path.relpath(source_path, root) if os.path.isabs(source_path) else source_path
 
 
 Results = list[tuple[Record, dict[str, Any] | Reject]]
@@ -394,7 +435,9 @@ class IngestJob:
         def seen(rec: Record) -> None:
             self.needs_detector = self.needs_detector or backend_for(rec, settings.detector) in DETECTORS
 
-        self.store = RecordStore(self.adapter.records(raw_root), InputKeys(), seen)
+        keys = InputKeys(raw_root)
+        self.root = keys.root
+        self.store = RecordStore(self.adapter.records(raw_root), keys, seen)
         self.shard_dir = self.out / "shards" / self.adapter.name
         self.writers: dict[str, shards.ShardWriter] = {}
         self.n_records = self.store.n_records
@@ -422,7 +465,8 @@ class IngestJob:
         """The records of `split` not yet in complete shards, read lazily in shard order, as batches
         of `batch_size` grouped into chunks of about `chunk_frames` frames and at most a shard."""
         fingerprint = shards.fingerprint_streamed(self.settings.params(), self.store.keys(split))
-        writer = self.writers[split] = shards.ShardWriter(self.shard_dir, split, fingerprint,
+        writer = self.writers[split] = shards.ShardWriter(self.shard_dir / shards.version_dir(split, fingerprint),
+                                                          split, fingerprint,
                                                           self.settings.shard_samples, self.settings.shard_bytes)
         skip = writer.n_processed  # complete shards hold exactly the first records in shard order
         self.n_done += skip
@@ -450,13 +494,19 @@ class IngestJob:
         writer = self.writers[split]
         for rec, res in results:
             if isinstance(res, Reject):
-                writer.carry({"sample_id": rec.sample_id, "reject": asdict(res)})
+                writer.carry({"sample_id": rec.sample_id, "reject": self._reject_row(res)})
             else:
+                res["row"]["source_path"] = relative(res["row"]["source_path"], self.root)
                 writer.add(res["sample"], {k: v for k, v in res.items() if k != "sample"})
         self.n_done += len(results)
 
     def close(self, split: str) -> None:
         self.writers[split].close()
+
+    def _reject_row(self, reject: Reject) -> dict[str, Any]:
+        """A reject as the catalog keeps it: paths in it, the detail's too, relative to the raw root."""
+        detail = reject.detail and reject.detail.replace(self.root + os.sep, "")
+        return {**asdict(reject), "source_path": relative(reject.source_path, self.root), "detail": detail}
 
     def finish(self) -> IngestResult:
         """Catalog rows from the complete shards' stats, `_info.json`, and the atomic catalog swap."""
@@ -469,11 +519,11 @@ class IngestJob:
         """The catalog rows, one shard's stats at a time: the adapter's rejects, then each shard's
         samples, AU labels, carried rejects and its `shards` row."""
         name = self.adapter.name
-        yield {"rejects": [asdict(r) for r in self.store.rejects()]}
+        yield {"rejects": [self._reject_row(r) for r in self.store.rejects()]}
         for split, writer in sorted(self.writers.items()):
             for summary in writer.done:
                 stats = writer.read_stats(summary)
-                rel = None if stats["shard"] is None else f"shards/{name}/{stats['shard']}"
+                rel = None if stats["shard"] is None else f"shards/{name}/{writer.directory.name}/{stats['shard']}"
                 yield {
                     "samples": [{**item["row"], "shard": rel} for item in stats["samples"]],
                     "au_labels": [au for item in stats["samples"] for au in item["aus"]],
@@ -492,23 +542,26 @@ class IngestJob:
             raise AssertionError(f"{name}: {self.store.n_rows} rows read but {n_samples} samples + "
                                  f"{n_rejects} rejects")
         info_splits: dict[str, dict[str, Any]] = {}
+        versions = {split: writer.directory.name for split, writer in self.writers.items()}
         for split, s in done:
             entry = info_splits.setdefault(split, {"n_samples": 0, "shards": []})
             if s["shard"] is not None:
                 entry["n_samples"] += s["n_samples"]
-                entry["shards"].append(s["shard"])
-        self.shard_dir.mkdir(parents=True, exist_ok=True)  # no writer made it when the adapter rejected every row
-        shards.prune(self.shard_dir, [s for split in info_splits.values() for s in split["shards"]])
+                entry["shards"].append(f"{versions[split]}/{s['shard']}")
         params = self.settings.params()
+        path = self.out / "catalog.duckdb"
+        # Readers follow the catalog: it moves to the new shards in one commit, and only then do the
+        # shards it pointed at before go. An interrupted or failed run leaves both as they were.
+        catalog.replace_dataset(path, catalog.DatasetRows(
+            dataset=name, raw_root=str(self.raw_root), rows_read=self.store.n_rows, params=params,
+            parts=self._parts()), parquet_dir=self.out / "catalog")
+        self.shard_dir.mkdir(parents=True, exist_ok=True)  # no writer made it when the adapter rejected every row
         shards.write_info(self.shard_dir, {
             "dataset": name, "splits": info_splits, "params": params,
             "fingerprint": shards.fingerprint(params, [s["fingerprint"] for _, s in done if s["shard"] is not None]),
             "label_spaces": LABEL_SPACES, "kind": self.adapter.kind,
         })
-        path = self.out / "catalog.duckdb"
-        catalog.replace_dataset(path, catalog.DatasetRows(
-            dataset=name, raw_root=str(self.raw_root.resolve()), rows_read=self.store.n_rows, params=params,
-            parts=self._parts()), parquet_dir=self.out / "catalog")
+        shards.prune(self.shard_dir, [versions[split] for split, entry in info_splits.items() if entry["shards"]])
         return IngestResult(name, self.store.n_rows, n_samples, n_rejects, path)
 
 

@@ -104,10 +104,11 @@ def select(catalog_path: str | Path, where: str, root: str | Path | None = None,
     with `fold`, over `samples_source(fold)`.
 
     Shard paths in the catalog are relative to the folder holding it, unless `root` says otherwise
-    (a local folder or an fsspec URL such as s3://bucket/data).
+    (a local folder or an fsspec URL such as s3://bucket/data). `where` comes from config files and
+    the command line: it must be one SQL expression (`catalog.expression`), run read-only.
     """
     df = catalog.query(catalog_path, f"SELECT sample_id, shard FROM {samples_source(fold)} AS samples "
-                                     f"WHERE shard IS NOT NULL AND ({where})")
+                                     f"WHERE shard IS NOT NULL AND {catalog.expression(where)}")
     if df.empty:
         raise ValueError(f"no sharded samples in {catalog_path} match: {where}" + (f" (fold {fold})" if fold else ""))
     base = str(root if root is not None else Path(catalog_path).resolve().parent).rstrip("/")
@@ -122,7 +123,7 @@ def au_rates(catalog_path: str | Path, where: str, aus: Sequence[int] = (),
     df = catalog.query(catalog_path, f"""
         SELECT a.au, count(*) FILTER (a.present) / count(a.present) AS rate
         FROM au_labels a JOIN {samples_source(fold)} AS samples USING (sample_id)
-        WHERE a.present IS NOT NULL AND ({where}) {only}
+        WHERE a.present IS NOT NULL AND {catalog.expression(where)} {only}
         GROUP BY a.au ORDER BY a.au""")
     return {int(au): float(rate) for au, rate in zip(df.au, df.rate)}
 

@@ -1,4 +1,5 @@
-"""What adapters yield: one `Record` per sample, or one `Reject` per row that cannot become one.
+"""What adapters yield: one `Record` per sample, or one `Reject` per row that cannot become one
+(`BadRow`, raised wherever a row or file turns out bad, becomes that Reject).
 
 Records carry harmonized labels only (ids of fer_data.labels, None = missing); everything a
 release has without a canonical slot goes to `extra`, which the catalog keeps as JSON.
@@ -6,7 +7,10 @@ release has without a canonical slot goes to `extra`, which the catalog keeps as
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,3 +49,29 @@ class Reject:
     stage: str  # adapter | decode | detect | shard
     reason: str  # short code: missing_file, corrupt_image, label_out_of_range, ...
     detail: str = ""
+
+
+# errno -> reject reason of an OSError on one input; any other errno is `unreadable_file`.
+_OS_REASONS = {errno.ENAMETOOLONG: "name_too_long", errno.EACCES: "permission_denied",
+               errno.EPERM: "permission_denied", errno.ELOOP: "symlink_loop", errno.EISDIR: "is_a_directory",
+               errno.EIO: "io_error"}
+
+
+class BadRow(ValueError):
+    """One row or file that cannot become a sample; becomes a `Reject` with this reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+    @classmethod
+    def from_os_error(cls, path: str | Path, err: OSError) -> BadRow:
+        """An OSError on one input (a 300-character name, no permission, a failing disk) rejects that input only."""
+        return cls(_OS_REASONS.get(err.errno or 0, "unreadable_file"), f"{printable(path)}: {err.strerror or err}")
+
+
+def printable(path: str | Path) -> str:
+    """A path as text every encoder takes: bytes of a file name that are no UTF-8 (which Python keeps
+    as lone surrogates, unencodable) written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

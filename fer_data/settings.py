@@ -9,7 +9,7 @@ from typing import Any
 
 from fer_data.faces import BACKENDS, check_size
 
-SHARD_FORMAT = 2  # bump when the bytes written for the same inputs change
+SHARD_FORMAT = 3  # bump when the bytes written for the same inputs change
 SPEED_ONLY = ("threads", "workers", "chunk_frames")  # settings that change speed, never a shard's bytes
 
 

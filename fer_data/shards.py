@@ -1,4 +1,8 @@
-"""Deterministic, resumable WebDataset tar shards. Knows files and keys, never dataset names.
+"""Deterministic, resumable, versioned WebDataset tar shards. Knows files and keys, never dataset names.
+
+Each split's shards live in a folder named by its fingerprint (`version_dir`): a re-ingest with other
+inputs or settings writes a new folder while readers keep the old one, and `prune` removes the old
+only after the catalog points at the new.
 
 Same samples in the same order and the same limits give byte-identical tars: members are
 written with fixed metadata (mtime 0, uid/gid 0, mode 0644, GNU format). A shard is complete
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -221,15 +226,26 @@ def _summary(stats: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in stats.items() if k not in ("samples", "carried")}, "n_carried": len(stats["carried"])}
 
 
-def prune(directory: Path, keep: Iterable[str]) -> None:
-    """Delete every file in a shard set's folder but `_info.json` and the shards in `keep` (with their stats).
+def version_dir(split: str, fingerprint: str) -> str:
+    """The folder, inside a dataset's shard folder, of one split's shard set: named by the split and
+    its fingerprint, so a re-ingest writes beside the shards the catalog still points at."""
+    return f"{split}-{fingerprint[:16]}"
 
-    A split that lost all its records has no writer to clear its old shards; left there, a glob
-    over the folder would feed a loader samples the catalog no longer has.
+
+def prune(directory: Path, keep: Iterable[str]) -> None:
+    """Delete everything in a dataset's shard folder but `_info.json` and the version folders in
+    `keep`: run once the catalog points at those, so no reader ever loses a shard it was given.
+
+    Older versions, abandoned partial ones and a split that lost all its records go; left there, a
+    glob over the folder would feed a loader samples the catalog no longer has.
     """
     keep = set(keep)
     for path in Path(directory).iterdir():
-        if path.is_file() and path.name != "_info.json" and path.name.removesuffix(STATS_SUFFIX) not in keep:
+        if path.name == "_info.json" or (path.name in keep and path.is_dir()):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
             path.unlink()
 
 

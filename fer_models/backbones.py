@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +386,34 @@ def load_cached_features(path: str | Path) -> dict[str, torch.Tensor]:
     """sample_id -> pooled embedding [D], from `cache_features`."""
     data = torch.load(path, weights_only=True)
     return dict(zip(data["sample_ids"], data["features"]))
+
+
+# The MAE encoder/decoder sizes (methods/mae.py builds them): backbone names like open_clip's, known
+# here so a config can check a name without importing the methods.
+@dataclass(frozen=True)
+class ViTSize:
+    """An encoder/decoder pair; `image_size` is the default, `cfg.image_size` may change it."""
+
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    heads: int
+    decoder_width: int
+    decoder_depth: int
+    decoder_heads: int
+
+
+SIZES: dict[str, ViTSize] = {
+    "mae-vit-tiny": ViTSize(224, 16, 192, 12, 3, 256, 4, 8),
+    "mae-vit-small": ViTSize(224, 16, 384, 12, 6, 256, 4, 8),
+    "mae-vit-base-16": ViTSize(224, 16, 768, 12, 12, 512, 8, 16),
+    "mae-test": ViTSize(32, 8, 32, 2, 2, 16, 2, 2),
+}
+
+
+def vit_size(name: str) -> ViTSize:
+    try:
+        return SIZES[name]
+    except KeyError:
+        raise KeyError(f"unknown MAE size {name!r}; known: {sorted(SIZES)}") from None

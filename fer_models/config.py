@@ -1,8 +1,14 @@
-"""Training configuration as data: one dataclass, read from params.yaml and `--set key=value` overrides."""
+"""Training configuration as data: one dataclass, read from params.yaml and `--set key=value` overrides.
+
+Checked when it is made (unknown keys, types, choices, ranges), so a mistake is one clear error in
+a second or two, before any model is built or any flow starts."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +16,21 @@ from typing import Any
 
 import yaml
 
-from fer_models.registry import method_defaults
+from fer_data.shards import fingerprint
+from fer_models.registry import method_defaults, require
+
+# Settings that decide where a run goes and how fast, not what it learns. They stay out of `digest`,
+# so a run keeps its folder (and resumes) on another device or with more loader workers; like any
+# rerun on other hardware, those may round or order batches differently, but the experiment is the same.
+EXECUTION_ONLY = ("out", "num_workers", "device", "threads")
+PEFT_MODES = ("lp", "ft4", "lora", "dora", "lora_plus", "mtlora")  # how multitask tunes its backbone
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+BOUNDS = {  # numeric settings' valid ranges (None, where a field allows it, means "not set")
+    "epochs": (1, math.inf), "batch_size": (1, math.inf), "grad_accum": (1, math.inf), "rank": (1, math.inf),
+    "epoch_samples": (1, math.inf), "fold": (1, math.inf), "image_size": (1, math.inf), "num_workers": (0, math.inf), "threads": (0, math.inf),
+    "early_stop_patience": (0, math.inf), "lr": (0, math.inf), "weight_decay": (0, math.inf),
+    "warmup_fraction": (0, 1), "dropout": (0, 1), "mae_mask_ratio": (0, 1),
+}
 
 
 @dataclass
@@ -72,30 +92,110 @@ class TrainConfig:
     early_stop_patience: int = 0  # epochs without val improvement before stopping; 0 = never
     seed: int = 0
     num_workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    out: str = "runs/default"
+    # torch's CPU threads while training. 1: the same bytes on every machine (a sum split over N threads
+    # rounds differently for each N), and no slower for the small CPU models of the demo; 0: one per
+    # core, faster for large models on CPU, but the weights then depend on the machine's core count.
+    threads: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # The run folder. Default runs/<method>[-<peft> for multitask]-<first 8 hex of digest()>: a folder
+    # belongs to one configuration, so two experiments never share (and mix) checkpoints, and running
+    # the same command again finds its own run to resume.
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        """Every choice and range, named before anything is built (a mistyped PEFT mode fails here, not
+        after the backbone is loaded), then the default run folder."""
+        import open_clip
+
+        from fer_models.backbones import SIZES, TEST_CONFIGS
+
+        check_values(vars(self))
+        require(self.method)
+        if self.backbone not in TEST_CONFIGS and self.backbone not in SIZES \
+                and open_clip.get_model_config(self.backbone) is None:
+            raise ValueError(f"unknown backbone {self.backbone!r}: expected an open_clip model name "
+                             f"(`open_clip.list_models()`), an MAE size ({', '.join(SIZES)}) or a test config")
+        if self.out is None:
+            mode = f"-{self.peft}" if self.method == "multitask" else ""
+            self.out = f"runs/{self.method}{mode}-{self.digest()[:8]}"
+
+    def digest(self) -> str:
+        """What the run learns, as one hash: every setting but `EXECUTION_ONLY`."""
+        return config_digest(self.to_dict())
 
     @classmethod
     def load(cls, params: str | Path | None = None, sections: Sequence[str] = ("train",),
              overrides: list[str] | None = None) -> "TrainConfig":
         """The method's paper defaults, then fields from each of `params[sections]` in order (a method's
-        own section after the shared `train` one; unknown keys are an error), then `key=value`
-        overrides (YAML-typed)."""
+        own section after the shared `train` one), then `key=value` overrides (YAML-typed). A missing
+        file or section, an unknown key or a value of the wrong type is a one-line ValueError."""
         values: dict[str, Any] = {}
-        if params and Path(params).exists():
-            tree = yaml.safe_load(Path(params).read_text()) or {}
+        if params is not None:
+            tree = _read_params(Path(params))
             for section in sections:
-                values.update(tree.get(section) or {})
+                if not isinstance(tree.get(section), dict):
+                    raise ValueError(f"{params}: no `{section}:` section of settings; it has: {', '.join(tree)}")
+                values.update(tree[section])
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise ValueError(f"--set {item!r}: expected key=value")
             values[key.strip()] = yaml.safe_load(raw)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=3)
+                hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(names)}"
+                raise ValueError(f"unknown training setting {key!r}: {hint}")
+        values = _typed(cls, values)
+        check_values(values)  # what was typed, before the method files (torch, open_clip) load: ~1 s, not ~12
         return cls(**{**method_defaults(values.get("method", cls.method)), **values})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def config_digest(values: dict[str, Any]) -> str:
+    """`TrainConfig.digest` of a config's fields, e.g. a run folder's config.json."""
+    return fingerprint({k: v for k, v in values.items() if k not in EXECUTION_ONLY})
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """The checks that need no method file, on whichever settings `values` holds: choices and ranges."""
+    if values.get("peft", PEFT_MODES[0]) not in PEFT_MODES:
+        raise ValueError(f"peft {values['peft']!r}: expected one of {', '.join(PEFT_MODES)}")
+    device = values.get("device", "auto")
+    if device != "auto" and device.split(":")[0] not in DEVICE_TYPES:
+        raise ValueError(f"device {device!r}: expected auto or one of {', '.join(DEVICE_TYPES)} (cuda:N)")
+    for name, (low, high) in BOUNDS.items():
+        value = values.get(name)
+        if value is not None and not low <= value <= high:
+            expected = f"{low} to {high}" if high < math.inf else f"at least {low}"
+            raise ValueError(f"{name}={value}: expected {expected}")
+
+
+def _read_params(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected sections of settings (a YAML mapping), got {type(tree).__name__}")
+    return tree
+
+
+def _typed(cls: type[TrainConfig], values: dict[str, Any]) -> dict[str, Any]:
+    """Each YAML-typed value checked against (and converted to) its field's type by pydantic, before
+    the method files load: a wrong type fails in a fraction of a second."""
+    import pydantic
+
+    hints = typing.get_type_hints(cls)
+    typed = {}
+    for key, value in values.items():
+        try:
+            typed[key] = pydantic.TypeAdapter(hints[key]).validate_python(value)
+        except pydantic.ValidationError as err:
+            raise ValueError(f"{key}={value!r}: {err.errors()[0]['msg']}") from None
+    return typed

@@ -27,7 +27,8 @@ def register(name: str, **defaults: Any) -> Callable[[Builder], Builder]:
     return wrap
 
 
-def _require(name: str) -> None:
+def require(name: str) -> None:
+    """Load every method file, then check that `name` is a registered method."""
     for module in MODULES:
         importlib.import_module(f"fer_models.methods.{module}")
     if name not in METHODS:
@@ -35,10 +36,10 @@ def _require(name: str) -> None:
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    _require(name)
+    require(name)
     return dict(METHOD_DEFAULTS[name])
 
 
 def builder(name: str) -> Callable[..., Any]:
-    _require(name)
+    require(name)
     return METHODS[name]

@@ -3,6 +3,11 @@ accumulation, bf16 autocast on GPU (fp32 on CPU), checkpoint/resume, dvclive, ea
 
 Every epoch reseeds from (seed, epoch), and its loader shuffles with the same pair, so a run
 resumed from an epoch checkpoint continues exactly as the uninterrupted run would have.
+
+A run folder holds one configuration (`claim_run`): the same configuration resumes from its
+checkpoint, another one is refused unless the folder is overwritten. What DVC hashes of a run
+(best.pt, checkpoint.pt, metrics.json, plots, dvclive plots) is the same bytes for the same
+configuration and data; the one timing, images per second, goes to the console and `speed.json`.
 """
 
 from __future__ import annotations
@@ -11,8 +16,14 @@ import dataclasses
 import json
 import logging
 import math
+import pickle
 import random
+import re
+import reprlib
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +32,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from fer_data.catalog import QueryError
 from fer_data.loaders import au_rates, make_loader, select
-from fer_models.config import TrainConfig
+from fer_models.config import EXECUTION_ONLY, TrainConfig, config_digest
 from fer_models.evaluate import evaluate, write_report
 from fer_models.methods import Method, build_method
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+CONFIG = "config.json"
+SPEED = "speed.json"  # images/s of each epoch: a timing, never the same twice, so nothing DVC tracks
+# What a training run writes in its folder: `overwrite` removes these and never another file. `eval`
+# is `fer evaluate`'s default output, made from the run's best.pt.
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, "metrics.json", "plots", "dvclive", SPEED, "eval")
 FIGURE_SAMPLES = 8  # test images the method's figures show
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` (0: left as they are) for a block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:
@@ -41,7 +69,10 @@ def seed_everything(seed: int) -> None:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA GPU here (device=auto uses one when there is)")
+    return device
 
 
 def saved_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -49,6 +80,17 @@ def saved_state(model: nn.Module) -> dict[str, torch.Tensor]:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
             if k in trainable or not k.startswith("backbone.") or "lora_" in k}
+
+
+def load_checkpoint(path: Path) -> Any:
+    """A file this trainer saved: tensors, numbers, strings and containers of them. Anything else (a
+    pickled object, whose loading could run code) is refused, never unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+        raise ValueError(f"{path} holds more than tensors and plain data ({found[1] if found else 'an object'}), "
+                         "refused to load it: delete it or train with --overwrite") from None
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -67,9 +109,11 @@ def build_seeded(cfg: TrainConfig) -> Method:
 def load_run(run: str | Path, device: torch.device | None = None) -> tuple[TrainConfig, Method]:
     """Config and best weights of a finished training run folder."""
     run = Path(run)
-    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    if not (run / CONFIG).is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder: it has no {CONFIG}")
+    cfg = TrainConfig(**json.loads((run / CONFIG).read_text()))
     model = build_seeded(cfg).to(device or pick_device(cfg.device))
-    load_state(model, torch.load(run / BEST, map_location="cpu", weights_only=True))
+    load_state(model, load_checkpoint(run / BEST))
     return cfg, model
 
 
@@ -92,8 +136,11 @@ class Split:
 
 
 def _split(cfg: TrainConfig, where: str) -> Split | None:
+    """The selection's shards and ids; None when no sample matches (a broken selection is an error)."""
     try:
         urls, ids = select(cfg.catalog, where, fold=cfg.fold)
+    except QueryError:
+        raise
     except ValueError:
         return None
     return Split(urls, ids)
@@ -114,6 +161,64 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Split | None]
         if rates:
             cfg = dataclasses.replace(cfg, aus=aus, au_rates=[rates.get(au, 0.0) for au in aus])
     return cfg, data
+
+
+class RunFolderError(ValueError):
+    """A run folder that holds another run: the user chooses (overwrite or another folder), never a mix."""
+
+
+def clear_run(out: Path) -> None:
+    """Remove a run's files from its folder (`RUN_FILES`), nothing else."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def claim_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> bool:
+    """Whether `cfg` (completed by `resolve_data`) continues the run in `cfg.out`. A folder holds the run
+    of one configuration (`TrainConfig.digest`): the same configuration continues from its checkpoint;
+    another one is refused, naming what differs, unless `overwrite` (its run files are removed first).
+    `resume` insists on continuing: no checkpoint of this configuration is an error."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the folder, --overwrite replaces it: give one")
+    out = Path(cfg.out)
+    if overwrite:
+        clear_run(out)
+    choose = "train with --overwrite to replace it, or into another folder (--set out=...)"
+    mine = json.loads(json.dumps(cfg.to_dict()))
+    if (out / CONFIG).exists():
+        try:
+            theirs = json.loads((out / CONFIG).read_text())
+        except json.JSONDecodeError:
+            theirs = None
+        if not isinstance(theirs, dict):
+            raise RunFolderError(f"{out / CONFIG} is not a JSON config, so the run there is unknown: {choose}")
+        differ = sorted(k for k in mine.keys() | theirs.keys()
+                        if k not in EXECUTION_ONLY and mine.get(k) != theirs.get(k))
+        if differ:
+            changes = ", ".join(f"{k} {reprlib.repr(theirs.get(k))} -> {reprlib.repr(mine.get(k))}" for k in differ[:5])
+            more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+            raise RunFolderError(f"{out} holds a run of another configuration ({config_digest(theirs)[:8]}; this one "
+                                 f"is {cfg.digest()[:8]}: {changes}{more}): {choose}")
+    elif (out / CHECKPOINT).exists() or (out / BEST).exists():
+        raise RunFolderError(f"{out} holds checkpoints without the {CONFIG} that says what they are: {choose}")
+    if resume and not (out / CHECKPOINT).exists():
+        raise ValueError(f"--resume: {out} has no {CHECKPOINT} of this configuration to continue")
+    return (out / CHECKPOINT).exists()
+
+
+def prepare(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
+            ) -> tuple[TrainConfig, dict[str, Split | None], dict[str, Any] | None]:
+    """Everything a run checks before it builds a model: the device, the catalog's selections, the run
+    folder (`claim_run`) and the checkpoint it continues from (None: a fresh start). `fer train` calls
+    it before starting a flow, so a mistake is one line."""
+    pick_device(cfg.device)
+    cfg, data = resolve_data(cfg)
+    resuming = claim_run(cfg, resume, overwrite)
+    return cfg, data, load_checkpoint(Path(cfg.out) / CHECKPOINT) if resuming else None
 
 
 def save_figures(model: Method, images: torch.Tensor, folder: Path) -> None:
@@ -137,12 +242,19 @@ def primary_metric(metrics: dict[str, Any]) -> float:
     return -metrics["loss"] if metrics.get("loss") is not None else -math.inf
 
 
-def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, Any]:
-    """Train `cfg.method`; returns the test metrics. `stop_after_epoch` simulates an interruption (tests)."""
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Train `cfg.method` in `cfg.out` (see `claim_run` for `resume` / `overwrite`) on `cfg.threads` CPU
+    threads; returns the test metrics. `stop_after_epoch` simulates an interruption (tests)."""
+    with cpu_threads(cfg.threads):
+        return _train(cfg, resume, overwrite, stop_after_epoch)
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: int | None) -> dict[str, Any]:
+    cfg, data, ckpt = prepare(cfg, resume, overwrite)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    cfg, data = resolve_data(cfg)
     model = build_seeded(cfg).to(device)
     epoch_samples = cfg.epoch_samples or len(data["train"].ids)
     steps_per_epoch = math.ceil(math.ceil(epoch_samples / cfg.batch_size) / cfg.grad_accum)
@@ -152,16 +264,20 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
     adversary = model.adversary_param_groups(cfg)
     adversary_opt = torch.optim.AdamW(adversary, weight_decay=cfg.weight_decay) if adversary else None
     state = {"epoch": 0, "best": -math.inf, "stale": 0, "history": []}
-    if (out / CHECKPOINT).exists():
-        ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    speed = []  # images/s per epoch (SPEED)
+    if ckpt is not None:
         load_state(model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if adversary_opt:
             adversary_opt.load_state_dict(ckpt["adversary_optimizer"])
         state = ckpt["state"]
-        log.warning("resuming %s from epoch %d", out, state["epoch"])
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        speed = json.loads((out / SPEED).read_text()) if (out / SPEED).exists() else []
+        log.warning("resuming %s from epoch %d of %d (same configuration, %s)", out, state["epoch"], cfg.epochs,
+                    cfg.digest()[:8])
+    else:
+        log.info("training %s into %s (configuration %s)", cfg.method, out, cfg.digest()[:8])
+    (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
 
     from dvclive import Live
 
@@ -203,7 +319,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             logs = {f"train/{k}": v / max(1, n_batches) for k, v in totals.items()}
-            logs["train/images_per_s"] = n_images / (time.perf_counter() - started)
+            speed.append({"epoch": epoch + 1, "images_per_s": round(n_images / (time.perf_counter() - started), 2)})
             if data["val"] is not None:
                 val = evaluate(model, data["val"].urls, data["val"].ids, cfg, device)
                 logs.update({f"val/{k}": v for k, v in val.metrics.items() if isinstance(v, float)})
@@ -222,13 +338,15 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, An
             torch.save({"model": saved_state(model), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state,
                         "adversary_optimizer": adversary_opt.state_dict() if adversary_opt else None}, out / CHECKPOINT)
-            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in logs.items()})
+            (out / SPEED).write_text(json.dumps(speed, indent=2))
+            log.info("epoch %d: %s, %.1f images/s", epoch + 1, {k: round(v, 4) for k, v in logs.items()},
+                     speed[-1]["images_per_s"])
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 return {}
             if cfg.early_stop_patience and state["stale"] >= cfg.early_stop_patience:
                 log.warning("early stop after epoch %d (%d epochs without val improvement)", epoch + 1, state["stale"])
                 break
-    load_state(model, torch.load(out / BEST, map_location="cpu", weights_only=True))
+    load_state(model, load_checkpoint(out / BEST))
     test = data["test"] or data["val"]
     if test is None:
         raise ValueError(f"no test or val samples in {cfg.catalog} match {cfg.test_where!r} or {cfg.val_where!r}")

@@ -11,14 +11,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from fer_data import catalog
 from fer_data.audit import audit
+from fer_models.plots import plot_to
 
 
 @task
 def merge_parts(parts: list[str], out: Path) -> Path:
+    """Exactly the parts' datasets in out/catalog (Parquet) and its index out/catalog.duckdb, built aside
+    and swapped in: an interrupted merge leaves the previous catalog, and out's own catalog may be a part."""
     path = out / "catalog.duckdb"
-    path.unlink(missing_ok=True)  # derived: rebuilt whole from its parts
-    catalog.merge(parts, path)
-    catalog.export_parquet(path, out / "catalog")
+    catalog.merge(parts, path, fresh=True)
     return path
 
 
@@ -28,22 +29,18 @@ def audit_catalog(path: Path) -> dict[str, int]:
 
 
 def plot_class_balance(path: Path, plots: Path, csv: Path) -> None:
-    """The class balance as CSV (for dvc plots) and one PNG bar chart per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The class balance as CSV (for dvc plots) and one PNG bar chart per task. Classes keep their
+    label-id order (age bins by age, emotions in the catalog's order), never the order of their names."""
     plots.mkdir(parents=True, exist_ok=True)
-    df = catalog.query(path, "SELECT dataset, task, label_name, sum(n) AS n FROM class_balance GROUP BY ALL ORDER BY ALL")
-    df.to_csv(csv, index=False)
+    df = catalog.query(path, "SELECT dataset, task, label, label_name, CAST(sum(n) AS BIGINT) AS n FROM class_balance "
+                             "GROUP BY dataset, task, label, label_name ORDER BY dataset, task, label")
+    df.drop(columns="label").to_csv(csv, index=False)
     for task_name, part in df.groupby("task"):
-        table = part.pivot_table(index="dataset", columns="label_name", values="n", fill_value=0)
-        ax = table.plot.barh(stacked=True, figsize=(7, 0.35 * len(table) + 1.5), title=f"class balance: {task_name}")
-        ax.legend(fontsize=6, ncol=3)
-        ax.figure.tight_layout()
-        ax.figure.savefig(plots / f"class_balance_{task_name}.png", dpi=100)
-        plt.close(ax.figure)
+        classes = list(dict.fromkeys(part.sort_values("label")["label_name"]))
+        table = part.pivot_table(index="dataset", columns="label_name", values="n", fill_value=0)[classes]
+        with plot_to(plots / f"class_balance_{task_name}.png", (7, 0.35 * len(table) + 1.5)) as ax:
+            table.plot.barh(stacked=True, ax=ax, title=f"class balance: {task_name} (all splits)")
+            ax.legend(fontsize=6, ncol=3)
 
 
 @flow(name="catalog", flow_run_name="catalog-{out}")

@@ -10,12 +10,14 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from fer_data.catalog import sql_string
 from fer_data.loaders import select
-from fer_models.evaluate import evaluate, plot_to
+from fer_models.evaluate import evaluate
 from fer_models.metrics import cross_dataset_eval
-from fer_models.train import load_run
+from fer_models.plots import plot_to
+from fer_models.train import cpu_threads, load_run
 
-TEST_WHERE = "dataset = '{dataset}' AND split = 'test' AND kind = 'image' AND emotion IS NOT NULL"
+TEST_WHERE = "dataset = {dataset} AND split = 'test' AND kind = 'image' AND emotion IS NOT NULL"
 
 
 @task
@@ -26,10 +28,11 @@ def score_run(run: str, datasets: list[str]) -> list[tuple[str, str, Any, Any]]:
     out = []
     for dataset in datasets:
         try:
-            urls, ids = select(cfg.catalog, TEST_WHERE.format(dataset=dataset))
+            urls, ids = select(cfg.catalog, TEST_WHERE.format(dataset=sql_string(dataset)))
         except ValueError:
             continue  # no labelled test images in this dataset
-        result = evaluate(model, urls, ids, cfg, device)
+        with cpu_threads(cfg.threads):  # as in training: the same numbers on every machine
+            result = evaluate(model, urls, ids, cfg, device)
         out.append((Path(run).name, dataset, result.y_true["emotion"], result.y_score["emotion"].argmax(axis=1)))
     return out
 

@@ -1,6 +1,7 @@
 """Prefect flow: one run per dataset. Reads the records, then `fer_data.ingest.drive` (the one drive
 loop) hands chunks of about a shard's worth of frames to a task (decode, detect, align, encode:
-retried on transient errors), writes shards in order and swaps the dataset into the catalog.
+retried on transient errors), writes shards in order and swaps the dataset into the catalog. The run's
+log shows a progress line per tenth of the records and fer_data's own warnings.
 
 Runs on Prefect's thread task runner by default, or on a Dask cluster (`runner="dask"`,
 `address="tcp://host:port"`) through prefect-dask, with the same code and the same bytes out.
@@ -13,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
@@ -25,7 +26,7 @@ from fer_data.datasets import get_adapter
 from fer_data.ingest import Chunk, IngestJob, IngestResult, Processed, drive, process_chunk, start
 from fer_data.settings import SPEED_ONLY, Settings
 from fer_data.shards import fingerprint
-from flows.runners import task_runner
+from flows.runners import run_logs, task_runner
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, cache_result_in_memory=False,
@@ -83,13 +84,22 @@ def ingest_flow(dataset: str, raw_root: str, out: str = "data", settings: dict[s
         key = f"ingest-{dataset}-progress".lower().replace("_", "-")
         progress = create_progress_artifact(progress=0.0, key=key,
                                             description=f"ingest {dataset}: records aligned and sharded")
+        logger = get_run_logger()
+        logged = -1  # the last tenth of the records logged
+
         with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      transient=True) as bar, task_runner(runner, address, workers) as prefect_runner:
+                      transient=True) as bar, task_runner(runner, address, workers) as prefect_runner, \
+                run_logs("fer_data"):
             shown = bar.add_task("ingest", total=job.n_records)
 
             def on_progress(done: int, total: int) -> None:
+                nonlocal logged
                 bar.update(shown, completed=done)
                 update_progress_artifact(progress, 100.0 * done / max(1, total))
+                if (tenth := 10 * done // max(1, total)) > logged:  # a line per 10 %: the run's log shows it
+                    logged = tenth
+                    logger.info("%s: %d of %d records aligned and sharded (%d %%)", dataset, done, total,
+                                100 * done // max(1, total))
 
             result = drive(job, PrefectRunner(prefect_runner), window=2 * workers, on_progress=on_progress)
     update_progress_artifact(progress, 100.0)

@@ -1,20 +1,26 @@
 """Prefect flows around the one trainer: `train` (fit, then evaluate on the test selection) and
-`evaluate` (a trained run on any selection). Metrics land as table artifacts in the UI."""
+`evaluate` (a trained run on any selection). Metrics land as table artifacts in the UI, and the
+trainer's epoch lines in the run's log."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from fer_data.shards import fingerprint
 from fer_models.config import TrainConfig
+from flows.runners import run_logs
 
 
-def _report(metrics: dict[str, Any], key: str, description: str) -> None:
-    create_table_artifact([{"metric": k, "value": v} for k, v in sorted(metrics.items())], key=key,
-                          description=description)
+def run_label(cfg: TrainConfig) -> str:
+    """The run's name in the UI and its artifact key: the method and the run folder (a run is its folder:
+    runs/pe_clip/dfew_fold3 -> pe-clip-dfew-fold3, runs/lora -> multitask-lora), as an artifact key
+    may be spelled (lowercase letters, digits, dashes)."""
+    parts = [cfg.method, *(p for p in Path(cfg.out).parts[-2:] if p not in ("runs", cfg.method))]
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
 @flow(name="train-run", log_prints=True)
@@ -22,12 +28,13 @@ def train_flow(config: dict[str, Any]) -> dict[str, Any]:
     from fer_models.train import train
 
     cfg = TrainConfig(**config)
-    metrics = train(cfg)
-    _report(metrics, f"metrics-{cfg.method}-{cfg.peft}".lower().replace("_", "-"),
-            f"test metrics of {cfg.method}/{cfg.peft} on {cfg.backbone} ({cfg.out})")
+    with run_logs("fer_models"):
+        metrics = train(cfg)
+    create_table_artifact([{"metric": k, "value": v} for k, v in sorted(metrics.items())],
+                          key=f"metrics-{run_label(cfg)}",
+                          description=f"test metrics of {cfg.method} on {cfg.backbone} ({cfg.out})")
     return metrics
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    name = f"train-{cfg.method}-{cfg.peft}-{fingerprint(cfg.to_dict())[:10]}"
-    return train_flow.with_options(flow_run_name=name)(config=cfg.to_dict())
+    return train_flow.with_options(flow_run_name=f"train-{run_label(cfg)}")(config=cfg.to_dict())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,18 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fer_cli import env
-
-env.apply()  # the environment `fer` runs the flows in
+# The tests' own Prefect home, one per session, never the project's .prefect (whose runs `make ui`
+# shows) nor a server a developer's shell points at: set before `fer_cli` picks its defaults and
+# before Prefect, which reads its settings once, is imported.
+PREFECT_HOME = Path(tempfile.mkdtemp(prefix="fer-tests-prefect-"))
+atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
+for _key in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"):
+    os.environ.pop(_key, None)
+os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # its shutdown INFO lines hit pytest's closed streams
-os.environ.setdefault("PREFECT_HOME", str(Path(__file__).resolve().parent.parent / ".prefect"))
+os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")  # a run's log reaches the API
+
+import fer_cli  # noqa: E402,F401  (importing it applies fer_cli.env: the environment `fer` runs the flows in)
 
 
 @functools.cache

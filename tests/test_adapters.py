@@ -484,10 +484,11 @@ def test_class_folder_releases(tmp_path: Path, name: str, split_folders: dict[st
             rel = f"{folder}/{class_case(cls)}/{cls.lower()}_001{suffix}"
             write_image(tmp_path / rel)
             expected[f"{name}:{rel}"] = (split, emotion)
-    (tmp_path / "README.txt").write_text("not an image")
-    (tmp_path / next(iter(split_folders)) / class_case("Happy") / "Thumbs.db").write_text("not an image")
+    (tmp_path / "README.txt").write_text("not an image")  # beside the split folders: not part of the release
+    thumbs = tmp_path / next(iter(split_folders)) / class_case("Happy") / "Thumbs.db"
+    thumbs.write_text("not an image")
     records, rejects = read(name, tmp_path)
-    assert rejects == []
+    assert [(r.source_path, r.reason) for r in rejects] == [(str(thumbs), "unsupported_format")]
     assert {sid: (r.split, r.emotion) for sid, r in records.items()} == expected
 
 

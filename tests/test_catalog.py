@@ -1,4 +1,4 @@
-"""Catalog views on hand-made rows: values computed by hand, atomic swaps, merge, Parquet export."""
+"""Catalog views on hand-made rows: values computed by hand, atomic swaps, merge, Parquet beside the index."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_merge_and_parquet_partitions(db: Path, tmp_path: Path) -> None:
         ["f7", "ingest/fairface/shards/fairface/train-00000.tar"]]
     assert q(db, "SELECT path FROM shards").path.tolist() == ["ingest/fairface/shards/fairface/train-00000.tar"]
     assert q(db, "SELECT count(*) AS n FROM samples").n[0] == 4 + 1 + 3
-    out = catalog.export_parquet(db, tmp_path / "export")
+    out = catalog.parquet_folder(db)  # every write leaves the Parquet beside the index
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["dataset=affectnet", "dataset=bp4d", "dataset=fairface"]
     back = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/samples/*/*.parquet', hive_partitioning=true) "
                       "WHERE dataset = 'affectnet'").fetchall()

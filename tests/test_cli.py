@@ -1,4 +1,4 @@
-"""The `fer` command line on a real-format fixture."""
+"""The `fer` command line on real-format fixtures (its mistakes: test_cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from fer_cli.main import app
+from fer_models.train import train
+from test_train import catalog_path, config  # noqa: F401 - the tiny FairFace catalog and its run settings
 
 runner = CliRunner()
 
@@ -45,13 +47,16 @@ def test_ingest_sql_stats(rafdb_root: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m.json").read_text()) == {"rafdb": {"rows_read": 4, "n_samples": 4, "n_rejects": 0}}
 
 
-def test_errors_are_one_clear_line(tmp_path: Path) -> None:
-    missing = invoke("ingest", "rafdb", tmp_path, "--out", tmp_path / "out", "--runner", "none")
-    assert missing.exit_code == 2 and "list_patition_label.txt" in missing.output
-    nowhere = invoke("ingest", "rafdb", tmp_path / "no" / "such", "--out", tmp_path / "out")  # through the flow
-    assert nowhere.exit_code == 2 and "is not a directory" in nowhere.output
-    assert not (tmp_path / "out").exists()
-    unknown = invoke("ingest", "nosuch", tmp_path, "--runner", "none")
-    assert unknown.exit_code == 2 and "unknown dataset 'nosuch'" in unknown.output
-    bad_sql = invoke("sql", "SELECT nope FROM samples", "--catalog", tmp_path / "none.duckdb")
-    assert bad_sql.exit_code == 2 and "no catalog" in bad_sql.output
+def test_evaluate_writes_into_folders_it_makes(catalog_path: Path, tmp_path: Path) -> None:
+    """The README's `fer evaluate RUN --where ...` (into RUN/eval) and `--out NEWDIR`: both folders are new."""
+    run = tmp_path / "run"
+    train(config(catalog_path, run, epochs=1))
+    on_train = invoke("evaluate", run, "--where", "split = 'train'")
+    assert on_train.exit_code == 0, on_train.output
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["n_samples"] == 16 and json.loads(on_train.stdout) == metrics
+    new = tmp_path / "tables" / "val"
+    on_val = invoke("evaluate", run, "--out", new)
+    assert on_val.exit_code == 0, on_val.output
+    assert json.loads((new / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
+    assert (new / "plots" / "png" / "confusion_gender.png").stat().st_size > 0

@@ -41,7 +41,7 @@ def test_store_gives_records_back_exactly_in_sample_id_order(tmp_path: Path) -> 
         Record("d:c", "d", "test", "/x/c.mp4", kind="clip", frame_range=(3, 9), age=31.5),
         Record("d:a", "d", "val", "/x/a2.jpg"),  # a repeated id: the first row wins
     ]
-    store = RecordStore(items, InputKeys())
+    store = RecordStore(items, InputKeys("/x"))
     try:
         assert (store.n_rows, store.n_records, store.n_rejects) == (5, 3, 2)
         assert store.splits == ["test", "train"]
@@ -65,7 +65,7 @@ def test_streamed_fingerprint_is_the_listed_one(tmp_path: Path) -> None:
     root = fer2013_csv(tmp_path / "raw", 40)
     with IngestJob("fer2013", root, tmp_path / "out", Settings(size=112)) as job:
         for split in job.splits:
-            keys = InputKeys()
+            keys = InputKeys(root)
             listed = [json.loads(keys(r)) for r in job.store.records(split)]
             streamed = shards.fingerprint_streamed(job.settings.params(), job.store.keys(split))
             assert streamed == shards.fingerprint(job.settings.params(), listed)

@@ -59,7 +59,7 @@ def audit(out: Path, result: IngestResult) -> dict[str, str]:
     in_tars: dict[str, str] = {}
     per_shard: dict[str, int] = {}
     shard_dir = out / "shards" / name
-    for path in sorted(shard_dir.glob("*.tar")):
+    for path in sorted(shard_dir.rglob("*.tar")):
         rel = path.relative_to(out).as_posix()
         with tarfile.open(path) as tar:
             members = tar.getmembers()
@@ -72,14 +72,14 @@ def audit(out: Path, result: IngestResult) -> dict[str, str]:
                     in_tars[sid] = rel
                     per_shard[rel] = per_shard.get(rel, 0) + 1
     assert in_tars == dict(samples), "shards and the samples table disagree"
-    files = {path.relative_to(out).as_posix(): sha256(path) for path in sorted(shard_dir.glob("*.tar"))}
+    files = {path.relative_to(out).as_posix(): sha256(path) for path in sorted(shard_dir.rglob("*.tar"))}
     assert files == {path: digest for path, digest, _ in shard_rows}
     assert per_shard == {path: n for path, _, n in shard_rows}
     info = json.loads((shard_dir / "_info.json").read_text())
     assert sum(s["n_samples"] for s in info["splits"].values()) == n_samples
     assert sorted(f"shards/{name}/{s}" for v in info["splits"].values() for s in v["shards"]) == sorted(files)
-    leftovers = {p.name for p in shard_dir.iterdir()} - {Path(f).name for f in files} - {
-        Path(f).name + ".stats.json" for f in files} - {"_info.json"}
+    leftovers = {p.relative_to(out).as_posix() for p in shard_dir.rglob("*") if p.is_file()} - set(files) - {
+        f + ".stats.json" for f in files} - {f"shards/{name}/_info.json"}
     assert not leftovers, f"files in {shard_dir} that no catalog row accounts for: {leftovers}"
     return files
 
@@ -97,10 +97,13 @@ def ingest_twice(dataset: str, root: Path, tmp_path: Path, **options: Any) -> tu
 
 
 def rejects_of(result: IngestResult) -> list[tuple[str, str, str]]:
-    """(source path, reason, detail) of every reject, sorted."""
+    """(source path, reason, detail) of every reject, sorted; the catalog keeps paths relative to the
+    raw root (`ingests.raw_root`), the detail's too: the path comes back absolute here."""
     with catalog.connect(result.catalog, read_only=True) as con:
-        return [tuple(r) for r in con.execute("SELECT source_path, reason, detail FROM rejects WHERE dataset = ? "
-                                              "ORDER BY ALL", [result.dataset]).fetchall()]
+        (root,), = con.execute("SELECT raw_root FROM ingests WHERE dataset = ?", [result.dataset]).fetchall()
+        rows = con.execute("SELECT source_path, reason, detail FROM rejects WHERE dataset = ? ORDER BY ALL",
+                           [result.dataset]).fetchall()
+    return [(os.path.normpath(os.path.join(root, path)), reason, detail) for path, reason, detail in rows]
 
 
 def sample_ids(result: IngestResult) -> list[str]:
@@ -183,7 +186,7 @@ def test_broken_image_is_one_reject_naming_the_file(rafdb_root: Path, tmp_path: 
     result, _ = ingest_twice("rafdb", rafdb_root, tmp_path)
     assert (result.rows_read, result.n_samples, result.n_rejects) == (4, 3, 1)
     (path, got_reason, detail), = rejects_of(result)
-    assert (path, got_reason) == (str(bad), reason) and str(bad) in detail
+    assert (path, got_reason) == (str(bad), reason) and str(bad.relative_to(rafdb_root)) in detail
     assert "object at" not in detail  # no object addresses: the same input gives the same catalog
     assert "rafdb:train_00001" not in sample_ids(result)
 
@@ -278,7 +281,7 @@ def test_broken_videos_are_rejects(tmp_path: Path) -> None:
     assert {name: r for name, (r, _) in bad.items()} == {
         "00002.mp4": "corrupt_video", "00003.mp4": "empty_file", "00004.mp4": "corrupt_video",
         "00005.mp4": "corrupt_video"}
-    assert all(str(videos / name) in detail for name, (_, detail) in bad.items())
+    assert all(str((videos / name).relative_to(root)) in detail for name, (_, detail) in bad.items())
     assert "expected frames" in bad["00004.mp4"][1]  # it opens; a packet fails to decode
 
 
@@ -324,7 +327,7 @@ def test_frame_folder_with_one_corrupt_frame(tmp_path: Path, fault: str) -> None
     result, _ = ingest_twice("ferv39k", root, tmp_path / "out", segments=SEGMENTS)
     assert sample_ids(result) == ["ferv39k:Action/Happy/0001", "ferv39k:Action/Happy/0003"]
     (path, reason, detail), = rejects_of(result)
-    assert (path, reason) == (str(sampled.parent), "corrupt_video") and str(sampled) in detail
+    assert (path, reason) == (str(sampled.parent), "corrupt_video") and str(sampled.relative_to(root)) in detail
 
 
 # ------------------------------------------------------------------------------------- no faces
@@ -338,7 +341,7 @@ def test_dataset_without_faces_is_empty_but_valid(rafdb_root: Path, tmp_path: Pa
     result, out = ingest_twice("rafdb", rafdb_root, tmp_path, detector="centerface")
     assert (result.rows_read, result.n_samples, result.n_rejects) == (4, 0, 4)
     assert [r for _, r, _ in rejects_of(result)] == ["no_face"] * 4
-    assert not list((out / "shards" / "rafdb").glob("*.tar"))
+    assert not list((out / "shards" / "rafdb").rglob("*.tar"))
     info = json.loads((out / "shards" / "rafdb" / "_info.json").read_text())
     assert {s: v["n_samples"] for s, v in info["splits"].items()} == {"test": 0, "train": 0}
     # The Parquet copy shows the same: no samples of the earlier run are left behind.
@@ -349,11 +352,11 @@ def test_dataset_without_faces_is_empty_but_valid(rafdb_root: Path, tmp_path: Pa
 def test_vanished_split_leaves_no_stale_shards(rafdb_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     ingest("rafdb", rafdb_root, out, size=SIZE)
-    assert list((out / "shards" / "rafdb").glob("test-*.tar"))
+    assert list((out / "shards" / "rafdb").glob("test-*/test-*.tar"))
     label_file = rafdb_root / "basic" / "EmoLabel" / "list_patition_label.txt"
     label_file.write_text("".join(ln + "\n" for ln in label_file.read_text().splitlines() if ln.startswith("train")))
     audit(out, ingest("rafdb", rafdb_root, out, size=SIZE))
-    assert not list((out / "shards" / "rafdb").glob("test-*"))
+    assert not list((out / "shards" / "rafdb").rglob("test-*"))
 
 
 def test_every_row_rejected_by_the_adapter(rafdb_root: Path, tmp_path: Path) -> None:
@@ -431,16 +434,16 @@ def same_as(reference: IngestResult, out: Path) -> None:
 def test_kill_9_mid_shard_then_resume(tmp_path: Path) -> None:
     root = many_faces(tmp_path / "RAF-DB", 40)
     reference = ingest("rafdb", root, tmp_path / "ref", size=SIZE, shard_samples=3)
-    n_shards = len(list((tmp_path / "ref" / "shards" / "rafdb").glob("*.tar")))
+    n_shards = len(list((tmp_path / "ref" / "shards" / "rafdb").rglob("*.tar")))
     out = tmp_path / "run"
     stats = out / "shards" / "rafdb"
     proc = fer_ingest(root, out, tmp_path / "killed.log")
     try:
-        poll(lambda: stats.is_dir() and any(stats.glob("*.stats.json")), proc, "a complete shard")
+        poll(lambda: stats.is_dir() and any(stats.rglob("*.stats.json")), proc, "a complete shard")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = len(list(stats.glob("*.stats.json")))
+    done = len(list(stats.rglob("*.stats.json")))
     assert 0 < done < n_shards, f"killed with {done} of {n_shards} shards complete"
     assert not (out / "catalog.duckdb").exists()
     resumed = fer_ingest(root, out, tmp_path / "resumed.log")

@@ -1,34 +1,105 @@
-"""Prefect flows in ephemeral mode on real-format data; the Dask runner gives the same catalog as the local one."""
+"""Prefect flows in ephemeral mode on real-format data: what the UI shows of a run (its name, its log
+lines, its artifacts, read back from the API); the Dask runner gives the same catalog as the local one."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from conftest import write_image
 from fer_data import catalog
+from fer_data.ingest import ingest
+from fer_models.config import TrainConfig
 from flows.ingest import run_ingest
+from flows.train import run_label, run_train
 
 ROWS = "SELECT sample_id, split, emotion, shard, sha256, align_matrix FROM samples ORDER BY sample_id"
 
 
-def test_ingest_flow_writes_catalog_and_artifacts(rafdb_root: Path, tmp_path: Path) -> None:
+def latest_run(flow_name: str) -> Any:
     from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
+    async def read() -> Any:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                               sort=FlowRunSort.START_TIME_DESC, limit=1)
+            return runs[0]
+
+    return asyncio.run(read())
+
+
+def run_log(run_id: Any, expected: str, timeout: float = 60) -> str:
+    """The run's log as the UI shows it, once `expected` is in it (log lines reach the API in batches)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> str:
+        async with get_client() as client:
+            found = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            return "\n".join(log.message for log in found)
+
+    deadline = time.monotonic() + timeout
+    while expected not in (text := asyncio.run(read())) and time.monotonic() < deadline:
+        time.sleep(1)
+    return text
+
+
+def artifact(key: str) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read() -> str:
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return found[0].data if found else ""
+
+    return asyncio.run(read())
+
+
+def test_ingest_flow_writes_catalog_artifacts_and_progress(rafdb_root: Path, tmp_path: Path) -> None:
     summary = run_ingest("rafdb", rafdb_root, tmp_path / "out", workers=2, shard_samples=2)
     assert (summary["rows_read"], summary["n_samples"], summary["n_rejects"]) == (4, 4, 0)
     assert len(catalog.query(tmp_path / "out" / "catalog.duckdb", "SELECT * FROM shards")) == 2
+    assert "4 rows read = 4 samples + 0 rejects" in artifact("ingest-rafdb")
+    run = latest_run("ingest")
+    assert run.name.startswith("ingest-rafdb-")
+    assert "rafdb: 4 of 4 records aligned and sharded (100 %)" in run_log(run.id, "(100 %)")
 
-    async def artifact() -> str:
-        async with get_client() as client:
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-rafdb"])))
-            return found[0].data
+def test_train_run_shows_its_epochs_and_reports_under_its_own_key(tmp_path: Path) -> None:
+    root = tmp_path / "fairface"
+    for split, n in (("train", 8), ("val", 4)):
+        lines = ["file,age,gender,race"]
+        for i in range(n):
+            write_image(root / split / f"{i}.jpg", seed=i + (100 if split == "val" else 0))
+            lines.append(f"{split}/{i}.jpg,{['20-29', '3-9'][i % 2]},{['Male', 'Female'][i % 2]},White")
+        (root / f"fairface_label_{split}.csv").write_text("\n".join(lines) + "\n")
+    ingest("fairface", root, tmp_path / "data", detector="none", size=112, shard_samples=8)
+    cfg = TrainConfig(catalog=str(tmp_path / "data" / "catalog.duckdb"), backbone="pe-core-tiny-test", image_size=32,
+                      tasks=["age_bin", "gender"], test_where="split = 'val'", epochs=2, batch_size=4, peft="lora",
+                      rank=4, out=str(tmp_path / "runs" / "lora"))
+    assert "gender/accuracy" in run_train(cfg)
+    run = latest_run("train-run")
+    assert run.name == "train-multitask-lora"
+    log = run_log(run.id, "epoch 2:")
+    assert "epoch 1:" in log and "epoch 2:" in log
+    assert "gender/accuracy" in artifact("metrics-multitask-lora")
 
-    import asyncio
 
-    assert "4 rows read = 4 samples + 0 rejects" in asyncio.run(artifact())
+def test_each_run_reports_under_its_own_key() -> None:
+    pe_clip = [TrainConfig(method="pe_clip", fold=k, out=f"runs/pe_clip/dfew_fold{k}") for k in range(1, 6)]
+    pe_clip.append(TrainConfig(method="pe_clip", out="runs/pe_clip/ferv39k"))
+    labels = [run_label(cfg) for cfg in pe_clip]
+    assert labels[0] == "pe-clip-dfew-fold1" and labels[-1] == "pe-clip-ferv39k"
+    assert len(set(labels)) == 6 and not any("lp" in label.split("-") for label in labels)
+    multitask = [run_label(TrainConfig(peft=peft, out=f"runs/{peft}")) for peft in ("lp", "lora")]
+    assert multitask == ["multitask-lp", "multitask-lora"]
 
 
 @pytest.mark.slow

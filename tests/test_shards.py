@@ -59,10 +59,10 @@ def test_two_runs_give_identical_shards(folder_root: Path, tmp_path: Path) -> No
     assert (a.rows_read, a.n_samples, a.n_rejects) == (11, 10, 1)
     assert shard_hashes(tmp_path / "a") == shard_hashes(tmp_path / "b")
     assert len(shard_hashes(tmp_path / "a")) == 2 + 2  # train 6 -> 3+3, test 4 -> 3+1
-    for path in (tmp_path / "a" / "shards" / "imagefolder").glob("*.tar"):
-        assert path.read_bytes() == (tmp_path / "b" / "shards" / "imagefolder" / path.name).read_bytes()
+    for path in (tmp_path / "a").rglob("*.tar"):
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
     reject = catalog.query(a.catalog, "SELECT stage, reason, source_path FROM rejects")
-    assert reject.values.tolist() == [["detect", "no_face", str(folder_root / "train/happy/blank.jpg")]]
+    assert reject.values.tolist() == [["detect", "no_face", "train/happy/blank.jpg"]]  # relative to the raw root
 
 
 def test_shard_contents_and_catalog_agree(folder_root: Path, tmp_path: Path) -> None:
@@ -70,14 +70,14 @@ def test_shard_contents_and_catalog_agree(folder_root: Path, tmp_path: Path) -> 
     rows = catalog.query(result.catalog, "SELECT sample_id, shard, emotion, detector, align_matrix FROM samples")
     assert rows.shard.notna().all() and (rows.detector == "centerface").all()
     seen = {}
-    for path in sorted((tmp_path / "out" / "shards" / "imagefolder").glob("*.tar")):
+    for path in sorted((tmp_path / "out" / "shards" / "imagefolder").rglob("*.tar")):
         with tarfile.open(path) as tar:
             members = tar.getmembers()
             assert all(m.mtime == 0 and m.uid == 0 for m in members)
             for m in members:
                 if m.name.endswith(".json"):
                     labels = json.loads(tar.extractfile(m).read())
-                    seen[labels["sample_id"]] = (f"shards/imagefolder/{path.name}", labels["emotion"])
+                    seen[labels["sample_id"]] = (path.relative_to(tmp_path / "out").as_posix(), labels["emotion"])
                     assert m.name == shards.sample_key(labels["sample_id"]) + ".json"
                 else:
                     assert Image.open(tar.extractfile(m)).size == (224, 224)
@@ -102,7 +102,7 @@ def test_interrupted_ingest_resumes_to_the_same_rows(folder_root: Path, tmp_path
     with pytest.raises(KeyboardInterrupt):
         ingest("imagefolder", folder_root, tmp_path / "run", shard_samples=2)
     monkeypatch.setattr(shards.ShardWriter, "_flush", real_flush)
-    done = sorted(p.name for p in (tmp_path / "run" / "shards" / "imagefolder").glob("*.stats.json"))
+    done = sorted(p.name for p in (tmp_path / "run" / "shards" / "imagefolder").rglob("*.stats.json"))
     assert len(done) == 2
 
     resumed = ingest("imagefolder", folder_root, tmp_path / "run", shard_samples=2)
@@ -117,7 +117,7 @@ def test_aligned_jpeg_at_crop_size_is_stored_as_it_came(tmp_path: Path) -> None:
     write_image(tmp_path / "raw" / "happy" / "b.png", seed=1, size=112)  # not a JPEG: encoded
     ingest("imagefolder", tmp_path / "raw", tmp_path / "out", detector="none", size=112)
     stored = {}
-    for path in (tmp_path / "out" / "shards" / "imagefolder").glob("*.tar"):
+    for path in (tmp_path / "out" / "shards" / "imagefolder").rglob("*.tar"):
         with tarfile.open(path) as tar:
             files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
         for name, data in files.items():

@@ -95,9 +95,8 @@ def test_multitask_batch_without_a_task_adds_nothing(catalog_path: Path, tmp_pat
     assert all(torch.isfinite(p.grad).all() for p in model.heads.parameters() if p.grad is not None)
 
 
-def test_model_info_cli(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["model-info", "multitask", "--params", str(tmp_path / "none.yaml"),
-                                      "--set", "backbone=pe-core-tiny-test", "--set", "peft=lp"])
+def test_model_info_cli() -> None:
+    result = CliRunner().invoke(app, ["model-info", "multitask", "--set", "backbone=pe-core-tiny-test", "--set", "peft=lp"])
     info = json.loads(result.output.strip().splitlines()[-1])
     assert info["method"] == "multitask" and info["backbone"] == "pe-core-tiny-test"
     assert 0 < info["trainable_params"] < info["total_params"]

@@ -6,15 +6,17 @@ name. It knows its raw layout and nothing else: no decoding, no faces, no shards
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TextIO
 
-from fer_data.records import Record, Reject
+from fer_data.records import BadRow, Record, Reject, printable
 
 Item = Record | Reject
 Reader = Callable[[Path], Iterator[Item]]
@@ -22,15 +24,6 @@ Reader = Callable[[Path], Iterator[Item]]
 
 class LayoutError(FileNotFoundError):
     """The raw root does not have the layout the adapter reads (one clear message, names the file)."""
-
-
-class BadRow(ValueError):
-    """One row or file that cannot become a sample; becomes a `Reject` with this reason."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -49,7 +42,40 @@ class Adapter:
         return root
 
     def records(self, root: str | Path) -> Iterator[Item]:
-        return self.read(self.check_root(root))
+        return (encodable(item) for item in self.read(self.check_root(root)))
+
+
+def encodable(item: Item) -> Item:
+    """`item` if every text in it is valid Unicode, else a Reject (`bad_filename` for a record) naming the
+    file with its undecodable bytes written as \\xNN. Bytes of a file name that are no UTF-8 reach
+    Python as lone surrogates, which no catalog, Parquet or JSON writer encodes: they stop here."""
+    if isinstance(item, Reject):
+        text = item.source_path + item.detail
+    else:
+        text = item.sample_id + item.split + item.source_path + (item.subject or "") + _strings(item.extra)
+    try:
+        text.encode()  # one encode of the concatenation: 2 µs a record
+    except UnicodeEncodeError:
+        if isinstance(item, Reject):
+            return replace(item, source_path=printable(item.source_path), detail=printable(item.detail))
+        return bad_filename(item.dataset, item.source_path)
+    return item
+
+
+def _strings(value: Any) -> str:
+    """Every string in a JSON-like value, concatenated."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "".join(_strings(k) + _strings(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "".join(map(_strings, value))
+    return ""
+
+
+def bad_filename(dataset: str, source: str) -> Reject:
+    return Reject(dataset, printable(source), "adapter", "bad_filename",
+                  f"{printable(source)}: a name in this path is not valid UTF-8")
 
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -104,8 +130,29 @@ def rows(path: Path, columns: tuple[str, ...], delimiter: str | None = None,
     comma, tab, semicolon and whitespace unless given. Rows with too few fields come back as
     Rejects (dataset filled in by the caller); blank lines are skipped.
     """
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+    with open_text(path) as f:
         yield from _rows(f, path, columns, delimiter, optional)
+
+
+def open_text(path: Path) -> TextIO:
+    """A label file opened as text in the encoding its byte-order mark names: UTF-32 or UTF-16 (what
+    spreadsheets save as "Unicode text"), else UTF-8 with or without a BOM. Bytes that do not decode
+    read as U+FFFD, so a bad byte spoils one field, not the file. Newlines are left as written."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):
+        encoding = "utf-32"
+    elif head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"
+    return path.open(encoding=encoding, errors="replace", newline="")
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a small label file, decoded as `open_text` does."""
+    with open_text(path) as f:
+        return f.read().splitlines()
 
 
 def _rows(lines: Iterable[str], path: Path, columns: tuple[str, ...], delimiter: str | None,
@@ -168,11 +215,20 @@ def parse_rows(dataset: str, path: Path, columns: tuple[str, ...], parse: Callab
 
 
 def guard(dataset: str, source: str, make: Callable[[], Record]) -> Item:
-    """`make()`, or a Reject that says why it could not be made."""
+    """`make()`, or a Reject that says why it could not be made. An OSError (a 300-character name in a
+    label file, a folder it may not read) rejects this row only; a LayoutError still stops the read.
+    A name from disk that is no UTF-8 is `bad_filename` (see `encodable`)."""
     try:
         return make()
     except BadRow as err:
         return Reject(dataset, source, "adapter", err.reason, err.detail)
+    except UnicodeEncodeError:  # a name read from disk that is no UTF-8, met while making the record
+        return bad_filename(dataset, source)
+    except LayoutError:
+        raise
+    except OSError as err:
+        bad = BadRow.from_os_error(err.filename or source, err)
+        return Reject(dataset, source, "adapter", bad.reason, bad.detail)
     except (ValueError, IndexError, KeyError) as err:
         return Reject(dataset, source, "adapter", "unparsable_row", f"{type(err).__name__}: {err}")
 

@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside, register
+from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside, open_text, register
 from fer_data.records import Record, Reject
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
@@ -83,7 +83,7 @@ def read_file(root: Path, path: Path) -> Iterator[Item]:
         yield Reject("bp4d", str(path), "adapter", "unparsable_name", f"{path.name} is not SUBJECT_TASK.csv")
         return
     subject, task = match.groups()
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+    with open_text(path) as f:
         table = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
     if not table:
         yield Reject("bp4d", str(path), "adapter", "empty_file", f"{path} has no rows")

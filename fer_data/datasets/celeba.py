@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, find_file, guard, inside, register
+from fer_data.datasets.base import BadRow, Item, find_file, guard, inside, read_lines, register
 from fer_data.labels import hash_split
 from fer_data.records import Record, Reject
 
@@ -18,7 +18,7 @@ def _two_columns(path: Path) -> dict[str, str]:
     """`name value` files (list_eval_partition.txt, identity_CelebA.txt) as a dict; {} when absent."""
     if not path.is_file():
         return {}
-    return dict(ln.split()[:2] for ln in path.read_text().splitlines() if len(ln.split()) >= 2)
+    return dict(ln.split()[:2] for ln in read_lines(path) if len(ln.split()) >= 2)
 
 
 @register("celeba", ("gender",), "CelebA(-HQ): gender from the Male attribute, 40 attributes, identities")
@@ -27,7 +27,7 @@ def read(root: Path) -> Iterator[Item]:
     image_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root)
     partition = _two_columns(root / "list_eval_partition.txt") or _two_columns(root / "Eval/list_eval_partition.txt")
     identity = _two_columns(root / "identity_CelebA.txt") or _two_columns(root / "Anno/identity_CelebA.txt")
-    lines = attr_file.read_text().splitlines()
+    lines = read_lines(attr_file)
     names = lines[1].split() if len(lines) > 1 else []
     if "Male" not in names:
         yield Reject("celeba", f"{attr_file}#line=2", "adapter", "unparsable_row", "header line lacks the Male attribute")

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside, register
+from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside, read_lines, register
 from fer_data.records import Record, Reject
 
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
@@ -67,7 +67,7 @@ def read_subject(root: Path, folder: Path) -> Iterator[Item]:
             continue
         au = int(match.group(2))
         index = -1
-        for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
+        for line in read_lines(path):
             if not line.strip():
                 continue
             index += 1

@@ -24,7 +24,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, find_file, guard, inside, register
+from fer_data.datasets.base import BadRow, Item, find_file, guard, inside, read_lines, register
 from fer_data.labels import EMOTION_ID
 from fer_data.records import Record
 
@@ -54,7 +54,7 @@ def list_rows(path: Path) -> Iterator[tuple[int, str, list[str]]]:
     """(data-row index, line, fields) of a list file, header and blank lines skipped."""
     index = -1
     first = True
-    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
+    for line in read_lines(path):
         if not line.strip():
             continue
         fields = split_line(line)

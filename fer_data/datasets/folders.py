@@ -1,6 +1,9 @@
 """Class-folder trees: SFEW 2.0, MMA and any `root/[split/]<class>/*.jpg` tree (imagefolder).
 
-One reader serves all three; the table says which split folder names each release uses.
+One reader serves all three; the table says which split folder names each release uses. Every
+file in the folders that hold the classes (the split folders, or the root without them) is a sample
+or a reject: a GIF, HEIC or Thumbs.db in a class folder is `unsupported_format`, a file beside the
+class folders `no_class_folder`, so rows read = samples + rejects counts every file there.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from pathlib import Path
 
 from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside, register
 from fer_data.labels import emotion_from_name, hash_split
-from fer_data.records import Record
+from fer_data.records import Record, Reject
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -26,9 +29,14 @@ def _children(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir()}
 
 
+def all_files(folder: Path) -> list[Path]:
+    """Files under `folder`, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def image_files(folder: Path) -> list[Path]:
     """Image files under `folder`, recursively, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [p for p in all_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def read_class_folders(dataset: str, root: Path, require_splits: bool) -> Iterator[Item]:
@@ -47,10 +55,17 @@ def read_class_folders(dataset: str, root: Path, require_splits: bool) -> Iterat
     if not any(_children(folder) for folder in splits.values()):
         raise LayoutError(f"{dataset}: expected class folders such as {root}/happy/*.jpg (none found)")
     for split, folder in splits.items():
+        for path in sorted(p for p in folder.iterdir() if not p.is_dir()):
+            yield Reject(dataset, str(path), "adapter", "no_class_folder",
+                         f"{path.name} lies beside the class folders of {folder}, in none of them")
         for class_dir in _children(folder).values():
             emotion = emotion_from_name(class_dir.name)
-            for path in image_files(class_dir):
+            for path in all_files(class_dir):
                 rel = path.relative_to(root).as_posix()
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    yield Reject(dataset, str(path), "adapter", "unsupported_format",
+                                 f"{path}: expected an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                    continue
 
                 def make(rel: str = rel, emotion: int | None = emotion, class_dir: Path = class_dir) -> Record:
                     if emotion is None:

@@ -1,11 +1,16 @@
-"""RAF-DB basic: list_patition_label.txt (sic), original and aligned images, manual attributes."""
+"""RAF-DB basic: list_patition_label.txt (sic), original and aligned images, manual attributes.
+
+An image listed twice with the same label is one sample (the later row a `duplicate_sample_id`);
+listed with two labels, every row of it is rejected (`conflicting_labels`), as DFEW does: keeping
+either label would mislabel it silently.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, find_file, inside, parse_rows, register, to_int
+from fer_data.datasets.base import BadRow, Item, find_file, inside, parse_rows, read_lines, register, rows, to_int
 from fer_data.labels import EMOTION_ID
 from fer_data.records import Record
 
@@ -17,11 +22,26 @@ RAF_RACES = ("Caucasian", "African-American", "Asian")
 
 def _manual_attributes(path: Path) -> tuple[tuple[tuple[float, float], ...], dict]:
     """5 landmarks and gender/race/age group from STEM_manu_attri.txt."""
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln.split() for ln in read_lines(path) if ln.strip()]
     landmarks = tuple((float(x), float(y)) for x, y in lines[:5])
     gender, race, age = (int(v[0]) for v in lines[5:8])
     attrs = {"gender": gender, "race": RAF_RACES[race], "age_group": RAF_AGE_GROUPS[age]}
     return landmarks, attrs
+
+
+def _conflicting_labels(label_file: Path) -> dict[str, str]:
+    """Image stem -> "label N in rows [...]" text, for the images listed with more than one valid label."""
+    seen: dict[str, dict[int, list[int]]] = {}
+    for item in rows(label_file, ("name", "label"), delimiter=" "):
+        if isinstance(item, tuple):
+            index, row = item
+            try:
+                label = to_int(row["label"], RAF_EMOTIONS, "RAF-DB label")
+            except BadRow:
+                continue  # a bad label rejects its own row
+            seen.setdefault(Path(row["name"]).stem, {}).setdefault(label, []).append(index)
+    return {stem: "; ".join(f"{label} in rows {at}" for label, at in sorted(labels.items()))
+            for stem, labels in seen.items() if len(labels) > 1}
 
 
 @register("rafdb", ("emotion", "gender"), "RAF-DB basic: 7 emotions, manual gender/race/age group")
@@ -29,6 +49,7 @@ def read(root: Path) -> Iterator[Item]:
     label_file = find_file(root, *(f"{base}EmoLabel/list_{spelling}_label.txt"
                                    for base in ("basic/", "") for spelling in ("patition", "partition")))
     base = label_file.parent.parent
+    conflicts = _conflicting_labels(label_file)
 
     def parse(_: int, row: dict[str, str]) -> Record:
         name = row["name"]
@@ -37,6 +58,8 @@ def read(root: Path) -> Iterator[Item]:
             raise BadRow("unparsable_row", f"image name {name!r} lacks the train_/test_ prefix")
         label = to_int(row["label"], RAF_EMOTIONS, "RAF-DB label")
         stem = Path(name).stem
+        if stem in conflicts:
+            raise BadRow("conflicting_labels", f"image {stem} has labels {conflicts[stem]}")
         original = inside(base / "Image" / "original", name)
         aligned = inside(base / "Image" / "aligned", f"{stem}_aligned.jpg")
         use_aligned = not original.exists() and aligned.exists()

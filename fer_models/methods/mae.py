@@ -23,13 +23,14 @@ Choices the paper leaves open (or that our text of it lost), recorded here:
 - optimiser: MAE's AdamW betas (0.9, 0.95), no weight decay on biases, norms and tokens; registered
   defaults lr 1.5e-4 (MAE's base rate), weight decay 0.05, 300 epochs (paper);
 - figures: up to four faces; rows input / input with masked patches grey / prediction de-normalised
-  with each patch's own mean and std, visible patches pasted from the input (MAE's figures).
+  with each patch's own mean and std, visible patches pasted from the input (MAE's figures), each
+  row named at its left.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+import math
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
+from fer_models.backbones import ViTSize, vit_size
 from fer_models.config import TrainConfig
 from fer_models.methods import Method
 from fer_models.registry import register
@@ -46,35 +48,6 @@ MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as MAE normalises its input
 STD = (0.229, 0.224, 0.225)
 FIGURE_FACES = 4
 NO_DECAY = ("cls_token", "mask_token")
-
-
-@dataclass(frozen=True)
-class ViTSize:
-    """An encoder/decoder pair; `image_size` is the default, `cfg.image_size` may change it."""
-
-    image_size: int
-    patch_size: int
-    width: int
-    depth: int
-    heads: int
-    decoder_width: int
-    decoder_depth: int
-    decoder_heads: int
-
-
-SIZES: dict[str, ViTSize] = {
-    "mae-vit-tiny": ViTSize(224, 16, 192, 12, 3, 256, 4, 8),
-    "mae-vit-small": ViTSize(224, 16, 384, 12, 6, 256, 4, 8),
-    "mae-vit-base-16": ViTSize(224, 16, 768, 12, 12, 512, 8, 16),
-    "mae-test": ViTSize(32, 8, 32, 2, 2, 16, 2, 2),
-}
-
-
-def vit_size(name: str) -> ViTSize:
-    try:
-        return SIZES[name]
-    except KeyError:
-        raise KeyError(f"unknown MAE size {name!r}; known: {sorted(SIZES)}") from None
 
 
 def sincos_pos_embed(grid: int, dim: int) -> Tensor:
@@ -197,13 +170,27 @@ def decay_groups(model: nn.Module, lr: float, skip: Collection[int] = (), **opti
     return [{"params": decay, "lr": lr, **options}, {"params": plain, "lr": lr, "weight_decay": 0.0, **options}]
 
 
-def image_grid(rows: list[Tensor]) -> np.ndarray:
-    """Rows of normalised images [n, 3, S, S] -> one uint8 [rows * S, n * S, 3] picture."""
+def image_grid(rows: list[Tensor], labels: Sequence[str]) -> np.ndarray:
+    """Rows of normalised images [n, 3, S, S] -> one uint8 [rows * S, W + n * S, 3] picture whose
+    first W columns are a white strip naming each row (Pillow's bundled font: same pixels everywhere)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(labels) != len(rows):
+        raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     pixels = [((r.detach().float().cpu() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8) for r in rows]
-    grid = torch.cat([torch.cat(list(r), dim=2) for r in pixels], dim=1)  # [3, rows * S, n * S]
-    return grid.permute(1, 2, 0).numpy()
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in pixels], dim=1).permute(1, 2, 0).numpy()  # [rows*S, n*S, 3]
+    side = rows[0].shape[-1]
+    font = ImageFont.load_default(size=max(8, side // 8))
+    pad = max(2, side // 16)
+    width = pad * 2 + max(math.ceil(font.getlength(label)) for label in labels)
+    canvas = Image.new("RGB", (width + grid.shape[1], grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (width, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        draw.text((pad, i * side + side // 2), label, fill="black", font=font, anchor="lm")
+    return np.asarray(canvas)
 
 
 class Mae(Method):
@@ -253,7 +240,7 @@ class Mae(Method):
         mask = out["mask"].unsqueeze(-1)
         recon = torch.where(mask > 0, out["pred"].float() * std + mean, patches)
         rows = [out["image"], unpatchify(patches * (1 - mask), p), unpatchify(recon, p)]
-        return {"mae_reconstruction": image_grid(rows)}
+        return {"mae_reconstruction": image_grid(rows, ["input", "masked", "reconstruction"])}
 
 
 @register("mae", backbone="mae-vit-base-16", tasks=[], lr=1.5e-4, weight_decay=0.05, epochs=300)

@@ -14,12 +14,11 @@ from torch import Tensor, nn
 
 from fer_data.labels import NUM_CLASSES
 from fer_models import backbones, peft
-from fer_models.config import TrainConfig
+from fer_models.config import PEFT_MODES, TrainConfig
 from fer_models.losses import UncertaintyWeighting, masked_cross_entropy
 from fer_models.methods import Method, class_targets
 from fer_models.registry import register
 
-MODES = ("lp", "ft4", "lora", "dora", "lora_plus", "mtlora")
 HIDDEN = 256
 
 
@@ -31,8 +30,8 @@ def head(dim: int, classes: int, dropout: float) -> nn.Sequential:
 class Multitask(Method):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
-        if cfg.peft not in MODES:
-            raise ValueError(f"peft {cfg.peft!r} not in {MODES}")
+        if cfg.peft not in PEFT_MODES:
+            raise ValueError(f"peft {cfg.peft!r} not in {PEFT_MODES}")
         self.tasks = [t for t in cfg.tasks if t in NUM_CLASSES]
         self.mode = cfg.peft
         backbone = backbones.build_backbone(cfg.backbone, cfg.pretrained, cfg.image_size)

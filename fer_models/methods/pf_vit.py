@@ -43,7 +43,7 @@ Choices the paper leaves open (or that our text of it lost), recorded here:
 - optimisers: main Adam at 2e-5 (registered lr; AdamW groups without decay on biases, norms,
   tokens); discriminator Adam at `pf_vit_disc_lr` 1e-4 with `pf_vit_disc_betas` (0.5, 0.999) -
   its betas are not in our text of the paper;
-- figures: up to four faces; rows input / reconstruction / poker face.
+- figures: up to four faces; rows input / reconstruction / poker face, each named at its left.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class PfVit(Method):
         z = encode(self.encoder, x)
         recon, poker = self._generate(z, self.separator(z)[1])
         self.train(was_training)
-        return {"pf_vit_poker_faces": image_grid([x, recon, poker])}
+        return {"pf_vit_poker_faces": image_grid([x, recon, poker], ["input", "reconstruction", "poker face"])}
 
 
 @register("pf_vit", backbone="mae-vit-base-16", tasks=["emotion"], lr=2e-5, batch_size=32, epochs=100)

@@ -1,0 +1,110 @@
+"""Image decoding that defends itself: the budgets a decoded input must fit, and images decoded
+upright, in 8 bits, within them.
+
+A file is checked before it is read (its size) and before it is decoded (the pixel count in its
+header), so a small file claiming a huge image, or a huge file posing as one, costs neither memory
+nor time; large JPEGs decode at a reduced size (libjpeg's DCT scaling, `Image.draft`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fer_data.records import BadRow, printable
+
+MAX_FILE_BYTES = 2**27  # an image file is read whole: 128 MiB is past any photo
+MAX_PIXELS = 2**22  # one image sample, decoded (2048 x 2048): the detector sees 320 px, a crop 224
+MAX_CLIP_PIXELS = 2**23  # one clip, all its frames together (16 frames of 724 x 724)
+MAX_SOURCE_PIXELS = 2**25  # decoded in full (then downscaled) up to this; past it (after JPEG scaling) too_large
+# Formats decoded at all: the photo formats (JPEG includes the MPO phones write). Pillow's others
+# (EPS runs Ghostscript, animated GIF, ...) are no face photos, and each decoder is attack surface.
+FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
+_HIGH_BIT_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": None, "F": None}
+
+
+def fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, to at most `max_pixels`; unchanged when within it."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def check_size(path: Path) -> int:
+    """The file's size, once checked to be neither empty nor over `MAX_FILE_BYTES`: a 2 GiB file
+    named .jpg is refused on its `stat`, before a byte is read."""
+    size = path.stat().st_size
+    if size == 0:
+        raise BadRow("empty_file", f"{printable(path)} has 0 bytes")
+    if size > MAX_FILE_BYTES:
+        raise BadRow("too_large", f"{printable(path)} has {size} bytes, over the {MAX_FILE_BYTES}-byte limit "
+                                  f"of an image file")
+    return size
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bytes, tuple[int, int]]:
+    """(RGB pixels within `max_pixels`, the file's bytes, the upright image's full (width, height))."""
+    check_size(path)
+    data = path.read_bytes()
+    rgb, size = decode_image(data, str(path), max_pixels)
+    return rgb, data, size
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 pixels of an encoded image, upright (EXIF orientation applied), high bit depths
+    scaled to 8 bits, and at most `max_pixels` (downscaled, aspect kept); with the upright image's
+    full (width, height). BadRow `corrupt_image` or `too_large` naming `name` otherwise."""
+    name = printable(name)
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            full = im.size
+            if im.format in ("JPEG", "MPO") and full[0] * full[1] > max_pixels:
+                im.draft(im.mode, fit(*full, max_pixels))  # libjpeg decodes at 1/2, 1/4 or 1/8: never the full image
+            if im.size[0] * im.size[1] > MAX_SOURCE_PIXELS:
+                raise BadRow("too_large", f"{name}: {full[0]} x {full[1]} pixels, over the {MAX_SOURCE_PIXELS}-pixel "
+                                          f"limit of a decoded image")
+            drafted = im.size
+            ImageOps.exif_transpose(im, in_place=True)
+            if im.size != drafted:  # a quarter turn swapped the sides
+                full = full[::-1]
+            rgb = _eight_bit_rgb(im)
+            target = fit(rgb.width, rgb.height, max_pixels)
+            if target != rgb.size:
+                rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            return np.asarray(rgb), full  # a copy: valid once the file is closed
+    except UnidentifiedImageError:  # its message names the in-memory buffer, a new address each run
+        raise BadRow("corrupt_image", f"{name}: expected an image file ({', '.join(FORMATS)}), found none of "
+                                      f"those formats in its {len(data)} bytes") from None
+    except Image.DecompressionBombError as err:
+        raise BadRow("too_large", f"{name}: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, BadRow):
+            raise
+        raise BadRow("corrupt_image", f"{name}: expected a decodable image ({type(err).__name__}: {err})") from None
+
+
+def _eight_bit_rgb(im: Image.Image) -> Image.Image:
+    """RGB in 8 bits. Pillow's convert clips 16-bit and float pixels to 255 (a 16-bit grey PNG turns
+    white, a float TIFF in [0, 1] black): those are scaled by their range instead. Integers by the
+    16-bit range (a 32-bit integer image by 8 or 16 bits, whichever holds its values), floats from
+    [0, 1]; values outside those ranges are stretched from their minimum to their maximum."""
+    if im.mode not in _HIGH_BIT_MODES:
+        return im if im.mode == "RGB" else im.convert("RGB")
+    values = np.nan_to_num(np.array(im, dtype=np.float32), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    top = _HIGH_BIT_MODES[im.mode]
+    if top is None:  # "I" (32-bit integers) or "F" (floats)
+        top = 1.0 if im.mode == "F" else 255 if high <= 255 else 65535
+    if low >= 0 and high <= top:
+        low = 0.0
+    else:
+        top = high
+    values -= low  # in place: one float32 copy of the image at most
+    values *= 255.0 / max(top - low, 1e-12)
+    grey = np.round(values, out=values).clip(0, 255, out=values).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")

@@ -1,0 +1,210 @@
+"""dvc.yaml as DVC resolves it (foreach expanded, ${} filled in), read from a copy of the project's
+dvc.yaml / params.yaml / .dvcignore: each training stage depends on exactly the params that reach
+its config, DVC hashes no file whose bytes differ run to run, and a stale `dvc repro` without `fer`
+on PATH keeps the raw sample data."""
+
+from __future__ import annotations
+
+import configparser
+import copy
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fer_cli.main import app
+from fer_models.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore")
+
+
+@dataclass(frozen=True)
+class Stage:
+    cmd: str
+    deps: list[str]
+    outs: list[str]  # outs, metrics and plots: everything DVC hashes for the stage
+    params: list[str]  # params.yaml keys
+
+
+def dvc_repo(path: Path) -> Path:
+    """A DVC project (no git) holding copies of the pipeline files."""
+    from dvc.repo import Repo
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE_FILES:
+        shutil.copy(ROOT / name, path / name)
+    Repo.init(path, no_scm=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return dvc_repo(tmp_path_factory.mktemp("dvc"))
+
+
+@pytest.fixture(scope="module")
+def stages(repo: Path) -> dict[str, Stage]:
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return {s.name: Stage(
+            s.cmd,
+            [d.def_path for d in s.deps if not isinstance(d, ParamsDependency)],
+            [o.def_path for o in s.outs],
+            sorted(k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params),
+        ) for s in dvc.index.stages}
+
+
+class _Stop(Exception):
+    """Raised in place of loading a config: the test needs only what the CLI would load."""
+
+
+def load_call(cmd: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str], list[str]]:
+    """The arguments a `fer train ...` command line gives TrainConfig.load, found by running the CLI
+    itself on it (so the test follows the CLI's own order of params sections and --set)."""
+    calls = []
+
+    def record(cls, params=None, sections=("train",), overrides=None):  # noqa: ANN001 - TrainConfig.load's
+        calls.append((params, list(sections), list(overrides or [])))
+        raise _Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainConfig, "load", classmethod(record))
+        result = CliRunner().invoke(app, shlex.split(cmd)[1:])
+    assert calls, f"`{cmd}` never loaded a config:\n{result.output}"
+    return calls[0]
+
+
+def contributing_params(params: Path, sections: list[str], overrides: list[str], scratch: Path) -> list[str]:
+    """The params.yaml keys whose value reaches the config. Every key of the sections read gets a
+    value naming it, and the loaded config shows which of them arrived; a loader that checks types
+    rejects such values, so then each key is changed alone and compared (slower)."""
+    tree = yaml.safe_load(params.read_text())
+    probe = copy.deepcopy(tree)
+    for section in sections:
+        for key in probe.get(section) or {}:
+            probe[section][key] = f"<{section}.{key}>"
+    scratch.write_text(yaml.safe_dump(probe))
+    try:
+        loaded = TrainConfig.load(scratch, sections, overrides).to_dict().values()
+        return sorted(v[1:-1] for v in loaded if isinstance(v, str) and v.startswith("<") and v.endswith(">"))
+    except (TypeError, ValueError):
+        pass
+    base, found = TrainConfig.load(params, sections, overrides), []
+    for section in sections:
+        for key in tree.get(section) or {}:
+            one = copy.deepcopy(tree)
+            one[section][key] = "<changed>"
+            scratch.write_text(yaml.safe_dump(one))
+            try:
+                changed = TrainConfig.load(scratch, sections, overrides) != base
+            except (TypeError, ValueError):  # rejected: it was read
+                changed = True
+            if changed:
+                found.append(f"{section}.{key}")
+    return sorted(found)
+
+
+def test_every_training_stage_depends_on_exactly_the_params_its_config_reads(
+        repo: Path, stages: dict[str, Stage], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    training = {name: s for name, s in stages.items() if s.cmd.startswith("fer train ")}
+    assert {"train@lp", "train@lora", "cafe", "auformer@1", "pe_clip@1", "pe_clip_ferv39k", "mae_pretrain",
+            "pf_vit"} <= set(training)
+    wrong = {}
+    for name, stage in training.items():
+        params, sections, overrides = load_call(stage.cmd, monkeypatch)
+        params = repo / params  # the CLI's params path is relative to the project root, where DVC runs it
+        expected = contributing_params(params, sections, overrides, tmp_path / "probe.yaml")
+        if stage.params != expected:
+            wrong[name] = {"listed, not read": sorted(set(stage.params) - set(expected)),
+                           "read, not listed": sorted(set(expected) - set(stage.params))}
+    assert not wrong, f"dvc.yaml params differ from what each config reads: {wrong}"
+
+
+def test_changing_train_lr_reaches_only_the_stages_that_keep_it(stages: dict[str, Stage]) -> None:
+    """The issue's case: methods whose own section sets `lr` do not re-run when `train.lr` changes."""
+    assert sorted(name for name, s in stages.items() if "train.lr" in s.params) == ["train@lora", "train@lp"]
+
+
+def test_training_commands_overwrite_their_run_folder(stages: dict[str, Stage]) -> None:
+    """DVC deletes a stage's outs before running it anyway; a leftover config.json must not refuse it."""
+    for name, stage in stages.items():
+        if stage.cmd.startswith("fer train "):
+            assert "--overwrite" in shlex.split(stage.cmd), name
+
+
+def test_dvc_hashes_no_duckdb_lock_or_timing_file(repo: Path, stages: dict[str, Stage]) -> None:
+    from dvc.repo import Repo
+
+    for name, stage in stages.items():
+        for path in stage.deps + stage.outs:
+            assert not path.endswith((".duckdb", ".lock", "speed.json")), f"{name}: {path}"
+    assert "data/catalog" in stages["catalog"].outs
+    assert "data/catalog" in stages["train@lp"].deps
+    with Repo(str(repo)) as dvc:
+        ignored = dvc.dvcignore.is_ignored_file
+        for path in ("data/catalog.duckdb", "data/ingest/rafdb/catalog.duckdb", "data/catalog.duckdb.wal",
+                     "data/ingest/rafdb/.ingest.lock", "runs/lp/speed.json", "runs/pe_clip/dfew_fold1/speed.json"):
+            assert ignored(str(repo / path)), path
+        for path in ("data/catalog/samples/dataset=rafdb/part0.parquet", "data/ingest/rafdb/shards/rafdb/_info.json",
+                     "runs/lp/metrics.json"):
+            assert not ignored(str(repo / path)), path
+
+
+def _repro_sample_data(repo: Path, path_dirs: list[Path]) -> subprocess.CompletedProcess:
+    shutil.copytree(ROOT / "fer_data" / "samples", repo / "fer_data" / "samples",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PATH": os.pathsep.join([*map(str, path_dirs), "/usr/bin", "/bin"])}
+    return subprocess.run([sys.executable, "-m", "dvc", "repro", "sample_data"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_stale_repro_without_fer_keeps_the_sample_data(tmp_path: Path) -> None:
+    """Outside the venv `fer` is not found: the stage fails, and sample_raw/ is still there."""
+    repo = dvc_repo(tmp_path / "project")
+    (repo / "sample_raw" / "rafdb").mkdir(parents=True)
+    (repo / "sample_raw" / "rafdb" / "label.txt").write_text("kept\n")
+    done = _repro_sample_data(repo, [])
+    assert done.returncode != 0
+    assert (repo / "sample_raw" / "rafdb" / "label.txt").read_text() == "kept\n"
+
+
+def test_sample_data_stage_swaps_in_a_complete_copy(tmp_path: Path) -> None:
+    """With `fer` present the stage replaces sample_raw/ whole: no file of the old copy, no staging left."""
+    repo = dvc_repo(tmp_path / "project")
+    (repo / "sample_raw" / "old").mkdir(parents=True)
+    (repo / "sample_raw" / "old" / "stale.txt").write_text("old\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fer = bin_dir / "fer"  # writes like `fer sample-data OUT --seed N`
+    fer.write_text('#!/bin/sh\n[ "$1" = sample-data ] || exit 3\nmkdir -p "$2/rafdb" && echo "seed $4" > "$2/rafdb/a.txt"\n')
+    fer.chmod(0o755)
+    done = _repro_sample_data(repo, [bin_dir])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.relative_to(repo / "sample_raw").as_posix() for p in (repo / "sample_raw").rglob("*")) == [
+        "rafdb", "rafdb/a.txt"]
+    assert (repo / "sample_raw" / "rafdb" / "a.txt").read_text() == "seed 0\n"
+    assert not (repo / ".dvc" / "tmp" / "sample_raw").exists()
+
+
+def test_readme_says_what_dvc_pull_needs() -> None:
+    """A fresh clone has no cache and an empty local remote: the README must not promise `dvc pull`
+    works out of the box; it names the configured remote and how to fill it or add one."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    remote = config.get("core", "remote")
+    url = config.get(f"'remote \"{remote}\"'", "url")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "out of the box" not in readme
+    assert (ROOT / ".dvc" / url).resolve().relative_to(ROOT).as_posix() in readme
+    assert "dvc push" in readme and "dvc remote add" in readme
