@@ -42,6 +42,17 @@ def write_image(path: Path, seed: int = 0, size: int = 128) -> Path:
     return path
 
 
+def write_fairface(root: Path, sizes: dict[str, int]) -> Path:
+    """FairFace layout: `sizes[split]` faces per split with alternating age bin and gender labels."""
+    for split, n in sizes.items():
+        lines = ["file,age,gender,race"]
+        for i in range(n):
+            write_image(root / split / f"{i}.jpg", seed=i + (100 if split == "val" else 0))
+            lines.append(f"{split}/{i}.jpg,{['20-29', '3-9'][i % 2]},{['Male', 'Female'][i % 2]},White")
+        (root / f"fairface_label_{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
 @pytest.fixture
 def rafdb_root(tmp_path: Path) -> Path:
     """RAF-DB basic layout: 4 good rows (train happiness, train surprise, test neutral, test anger)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import write_image
+from conftest import write_fairface
 from fer_data import catalog
 from fer_data.ingest import ingest
 from fer_models.config import TrainConfig
@@ -74,12 +74,7 @@ def test_ingest_flow_writes_catalog_artifacts_and_progress(rafdb_root: Path, tmp
 
 def test_train_run_shows_its_epochs_and_reports_under_its_own_key(tmp_path: Path) -> None:
     root = tmp_path / "fairface"
-    for split, n in (("train", 8), ("val", 4)):
-        lines = ["file,age,gender,race"]
-        for i in range(n):
-            write_image(root / split / f"{i}.jpg", seed=i + (100 if split == "val" else 0))
-            lines.append(f"{split}/{i}.jpg,{['20-29', '3-9'][i % 2]},{['Male', 'Female'][i % 2]},White")
-        (root / f"fairface_label_{split}.csv").write_text("\n".join(lines) + "\n")
+    write_fairface(root, {"train": 8, "val": 4})
     ingest("fairface", root, tmp_path / "data", detector="none", size=112, shard_samples=8)
     cfg = TrainConfig(catalog=str(tmp_path / "data" / "catalog.duckdb"), backbone="pe-core-tiny-test", image_size=32,
                       tasks=["age_bin", "gender"], test_where="split = 'val'", epochs=2, batch_size=4, peft="lora",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import write_image
+from conftest import write_fairface
 from fer_cli.main import app
 from fer_data.ingest import ingest
 from fer_models.config import TrainConfig
@@ -24,12 +24,7 @@ from fer_models.train import BEST, load_run, train
 def catalog_path(tmp_path_factory) -> Path:
     """FairFace-layout faces with age bin + gender, split into train/val, ingested to 112 px shards."""
     root = tmp_path_factory.mktemp("ff")
-    for split, n in (("train", 16), ("val", 8)):
-        lines = ["file,age,gender,race"]
-        for i in range(n):
-            write_image(root / split / f"{i}.jpg", seed=i + (100 if split == "val" else 0))
-            lines.append(f"{split}/{i}.jpg,{['20-29', '3-9'][i % 2]},{['Male', 'Female'][i % 2]},White")
-        (root / f"fairface_label_{split}.csv").write_text("\n".join(lines) + "\n")
+    write_fairface(root, {"train": 16, "val": 8})
     out = tmp_path_factory.mktemp("out")
     ingest("fairface", root, out, detector="none", size=112, shard_samples=8)
     return out / "catalog.duckdb"
