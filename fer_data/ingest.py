@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
