@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS samples (
     landmarks    REAL[10],                  -- 5 points x0, y0, ..., x4, y4 in source pixels
     align_matrix REAL[6],                   -- 2x3 similarity, source -> aligned crop
     detector     VARCHAR,
+    yaw          REAL,                      -- head pose in degrees from the 5 landmarks (faces/quality.py);
+    pitch        REAL,                      --   a clip's: the mean over its sampled frames
+    roll         REAL,
+    face_size    REAL,                      -- face box side in source pixels
+    sharpness    REAL,                      -- variance of the Laplacian of the aligned crop (grey)
+    face_coverage REAL,                     -- clip: share of the video's frames in the main face track
+    n_tracks     INTEGER,                   -- clip: face tracks found in the video
     shard        VARCHAR,
     extra        JSON
 );
@@ -189,7 +196,8 @@ HAVING count(DISTINCT dataset) > 1 OR count(DISTINCT split) > 1 ORDER BY n DESC,
 SAMPLE_COLUMNS = [
     "sample_id", "dataset", "split", "subject", "kind", "source_path", "sha256", "bytes", "width", "height",
     "n_frames", "fps", "emotion", "valence", "arousal", "age", "age_bin", "gender", "face_box", "face_score",
-    "landmarks", "align_matrix", "detector", "shard", "extra",
+    "landmarks", "align_matrix", "detector", "yaw", "pitch", "roll", "face_size", "sharpness", "face_coverage",
+    "n_tracks", "shard", "extra",
 ]
 AU_COLUMNS = ["sample_id", "au", "present", "intensity"]
 SHARD_COLUMNS = ["path", "dataset", "split", "n_samples", "bytes", "sha256", "fingerprint"]

@@ -227,6 +227,9 @@ def fill_missed(frames: np.ndarray, faces: list[AlignedFace | Reject], size: int
     return out
 
 
+Results = list[tuple[Record, dict[str, Any] | Reject]]
+
+
 class Worker:
     """Decode -> align -> encode for a batch of records; one per thread, with its own detector sessions."""
 
@@ -244,38 +247,55 @@ class Worker:
         self.quality = quality
         self.segments = segments
 
-    def __call__(self, batch: list[Record]) -> list[tuple[Record, dict[str, Any] | Reject]]:
-        loaded: list[Loaded | Reject] = []
-        for rec in batch:
+    def __call__(self, batch: list[Record]) -> Results:
+        """Each record's result in order: images and clips go their own ways (`_images`, `_clips`)."""
+        loaded: list[tuple[Record, Loaded]] = []
+        out: dict[int, tuple[Record, dict[str, Any] | Reject]] = {}
+        for i, rec in enumerate(batch):
             try:
-                loaded.append(load(rec, self.segments))
+                loaded.append((rec, load(rec, self.segments)))
             except BadRow as err:
-                loaded.append(Reject(rec.dataset, rec.source_path, "decode", err.reason, err.detail))
-        # Every frame of the batch goes through the aligner at once: one detector batch.
-        pairs = [(rec, frame) for rec, got in zip(batch, loaded) if isinstance(got, Loaded) for frame in got.frames]
-        aligned = iter(self.aligner(pairs))
-        out: list[tuple[Record, dict[str, Any] | Reject]] = []
-        for rec, got in zip(batch, loaded):
-            if isinstance(got, Reject):
-                out.append((rec, got))
-                continue
+                out[i] = (rec, Reject(rec.dataset, rec.source_path, "decode", err.reason, err.detail))
+        kept = iter(self._images([x for x in loaded if x[0].kind == "image"]))
+        clips = iter(self._clips([x for x in loaded if x[0].kind == "clip"]))
+        for i, rec in enumerate(batch):
+            if i not in out:
+                out[i] = next(kept) if rec.kind == "image" else next(clips)
+        return [out[i] for i in range(len(batch))]
+
+    def _sample(self, rec: Record, got: Loaded, kept: list[AlignedFace], faces: list[AlignedFace | Reject]
+                ) -> tuple[Record, dict[str, Any]]:
+        """One sample: its crops (one, or T frames of a clip) and labels as shard files, and its catalog row."""
+        names = ["jpg"] if rec.kind == "image" else [f"{t:02d}.jpg" for t in range(len(kept))]
+        files = {name: self._jpeg(got, face) for name, face in zip(names, kept)}
+        files["json"] = json.dumps(shard_labels(rec), sort_keys=True).encode()
+        sample = shards.encode_sample(shards.sample_key(rec.sample_id), files)
+        centre = kept[len(kept) // 2]
+        row = sample_row(rec, got.source, in_source_pixels(centre.geometry, got.extra.get("decoded_size"),
+                                                           got.source))
+        if got.extra or rec.kind == "clip":
+            row["extra"] = {**(row["extra"] or {}), **got.extra,
+                            "missed_frames": sum(isinstance(f, Reject) for f in faces)}
+        return rec, {"sample_id": rec.sample_id, "sample": sample, "row": row, "aus": au_rows(rec)}
+
+    def _images(self, items: list[tuple[Record, Loaded]]) -> Results:
+        """Image records: every image of the batch through the aligner at once (one detector batch)."""
+        aligned = self.aligner([(rec, got.frames[0]) for rec, got in items])
+        return [(rec, face) if isinstance(face, Reject) else self._sample(rec, got, [face], [face])
+                for (rec, got), face in zip(items, aligned)]
+
+    def _clips(self, items: list[tuple[Record, Loaded]]) -> Results:
+        """Clip records: every frame of the batch through the aligner at once; missed frames filled."""
+        aligned = iter(self.aligner([(rec, frame) for rec, got in items for frame in got.frames]))
+        out: Results = []
+        for rec, got in items:
             faces = [next(aligned) for _ in got.frames]
-            kept = fill_missed(got.frames, faces, self.size) if rec.kind == "clip" else faces
-            if kept is None or isinstance(kept[0], Reject):
-                out.append((rec, kept[0] if kept else Reject(rec.dataset, rec.source_path, "detect", "no_face",
-                                                             "no frame of the clip has a face")))
-                continue
-            names = ["jpg"] if rec.kind == "image" else [f"{t:02d}.jpg" for t in range(len(kept))]
-            files = {name: self._jpeg(got, face) for name, face in zip(names, kept)}
-            files["json"] = json.dumps(shard_labels(rec), sort_keys=True).encode()
-            sample = shards.encode_sample(shards.sample_key(rec.sample_id), files)
-            centre = kept[len(kept) // 2]
-            row = sample_row(rec, got.source, in_source_pixels(centre.geometry, got.extra.get("decoded_size"),
-                                                               got.source))
-            if got.extra or rec.kind == "clip":
-                row["extra"] = {**(row["extra"] or {}), **got.extra,
-                                "missed_frames": sum(isinstance(f, Reject) for f in faces)}
-            out.append((rec, {"sample_id": rec.sample_id, "sample": sample, "row": row, "aus": au_rows(rec)}))
+            kept = fill_missed(got.frames, faces, self.size)
+            if kept is None:
+                out.append((rec, Reject(rec.dataset, rec.source_path, "detect", "no_face",
+                                        "no frame of the clip has a face")))
+            else:
+                out.append(self._sample(rec, got, kept, faces))
         return out
 
 
@@ -322,8 +342,6 @@ def relative(source_path: str, root: str) -> str:
     so a catalog, its Parquet and its fingerprints are the same wherever the data sits."""
     return os.path.relpath(source_path, root) if os.path.isabs(source_path) else source_path
 
-
-Results = list[tuple[Record, dict[str, Any] | Reject]]
 
 
 class Chunk:

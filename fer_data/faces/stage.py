@@ -89,7 +89,8 @@ class FaceAligner:
             idx = [i for i, b in enumerate(backends) if b == name]
             for start in range(0, len(idx), DETECT_BATCH):  # a batch of clips is many frames: cap the tensor
                 chunk = idx[start:start + DETECT_BATCH]
-                found.update(zip(chunk, self._detector(name)([items[i][1] for i in chunk])))
+                found.update((i, faces[0] if faces else None)
+                             for i, faces in zip(chunk, self._detector(name)([items[i][1] for i in chunk])))
         out: list[AlignedFace | Reject] = []
         for i, ((rec, image), backend) in enumerate(zip(items, backends)):
             if backend == "none":
