@@ -1,7 +1,8 @@
 """Ingest throughput beside the bare loop on the same files, in the same run; prints one JSON line.
 
 Three cases: in-the-wild images (decode + CenterFace detect), pre-aligned images (decode only),
-frame-folder clips (decode T sampled frames + detect). The pipeline number includes everything
+frame-folder clips (decode + detect every frame: what the face tracker detects; the pipeline then
+links tracks and aligns T frames of the main one, `benchmarks/clip_ingest.py` times it as `fer ingest`). The pipeline number includes everything
 it does beyond the bare loop: alignment, JPEG encoding, shard writing, the catalog.
 """
 
@@ -21,7 +22,9 @@ from PIL import Image
 
 from fer_data.faces.detectors import CenterFaceDetector
 from fer_data.ingest import ingest
-from fer_data.video import Clip, tsn_indices
+from fer_data.decode import MAX_CLIP_PIXELS
+from fer_data.faces.track import scan_frames
+from fer_data.video import Clip
 
 
 def make_faces(root: Path, n: int, size: int, clip_frames: int = 0) -> list[Path]:
@@ -58,14 +61,15 @@ def make_faces(root: Path, n: int, size: int, clip_frames: int = 0) -> list[Path
 
 
 def bare(paths: list[Path], detect: bool, segments: int = 0, batch: int = 16) -> float:
-    """Seconds for the plain loop: decode (T sampled frames for clips) and, if asked, detect in batches."""
+    """Seconds for the plain loop: decode (for clips every frame the face tracker detects, at a clip
+    frame's pixel budget) and, if asked, detect in batches."""
     detector = CenterFaceDetector(threads=os.cpu_count() or 1) if detect else None
     start = time.perf_counter()
     pending: list[np.ndarray] = []
     for p in paths:
         if segments:
-            clip = Clip(p)
-            frames = list(clip.read(tsn_indices(clip.n_frames, segments)))
+            clip = Clip(p, MAX_CLIP_PIXELS // segments)
+            frames = list(clip.read(scan_frames(clip.n_frames)))
         else:
             frames = [np.asarray(Image.open(p).convert("RGB"))]
         pending.extend(frames)

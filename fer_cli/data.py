@@ -14,14 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fer_cli import env
-from fer_data.faces import BACKENDS
+from fer_data.faces import BACKENDS, FACES
 from fer_data.settings import Settings
 
 app = typer.Typer()  # merged into fer_cli.main's app
 console = Console()
 
 DEFAULT_CATALOG = Path("data/catalog.duckdb")
-Detector = Enum("Detector", {name: name for name in BACKENDS}, type=str)  # --detector's choices
+Faces = Enum("Faces", {name: name for name in FACES}, type=str)  # --faces' choices
 
 
 class Format(str, Enum):
@@ -79,12 +79,25 @@ def ingest(
     dataset: Annotated[str, typer.Argument(help="adapter name, see `fer datasets`")],
     raw_root: Annotated[Path, typer.Argument(help="the dataset's raw root, in its native layout")],
     out: Annotated[Path, typer.Option(help="output folder: catalog.duckdb, catalog/ Parquet, shards/")] = Path("data"),
-    detector: Annotated[Detector, typer.Option(
-        help="auto: the release's landmarks/box, else resize aligned releases, else centerface")]
-    = Detector(INGEST.detector),
+    detector: Annotated[str, typer.Option(
+        help=f"one of {', '.join(BACKENDS)}, or a chain such as centerface,scrfd,box: each runs only on the "
+             "records the ones before it rejected. auto: the release's landmarks/box, else resize aligned "
+             "releases, else centerface; box: the release's face box, else the whole image")]
+    = INGEST.detector,
+    faces: Annotated[Faces, typer.Option(
+        help="largest: one sample per image; all: each face its own sample <id>#<k>, k=0 the largest, "
+             "labels copied from the row")] = Faces(INGEST.faces),
     detector_model: Annotated[str | None, typer.Option(help="ONNX file for --detector scrfd")] = INGEST.detector_model,
     size: Annotated[int, typer.Option(help="aligned crop side (multiple of 112 or 128)")] = INGEST.size,
     segments: Annotated[int, typer.Option(help="frames sampled per clip (TSN segment centres)")] = INGEST.segments,
+    sampling: Annotated[str, typer.Option(
+        help="clip frames: tsn (--segments centres), fps:N, stride:K, all, keyframes (CASME II onset/apex/offset)")]
+    = INGEST.sampling,
+    min_face_coverage: Annotated[float, typer.Option(
+        help="a detected clip whose main face track spans less of it is a reject (low_face_coverage)")]
+    = INGEST.min_face_coverage,
+    frame_step: Annotated[int, typer.Option(help="DISFA/BP4D: read every k-th labelled video frame")]
+    = INGEST.frame_step,
     shard_samples: Annotated[int, typer.Option(help="samples per shard at most")] = INGEST.shard_samples,
     shard_mb: Annotated[int, typer.Option(help="MiB per shard at most")] = INGEST.shard_bytes // 2**20,
     workers: Annotated[int | None, typer.Option(
@@ -96,8 +109,10 @@ def ingest(
     address: Annotated[str | None, typer.Option(help="Dask scheduler for --runner dask, tcp://HOST:PORT")] = None,
 ) -> None:
     """Read a raw dataset, align its faces into shards and replace its rows in the catalog (a Prefect flow run)."""
-    settings = dict(detector=detector.value, detector_model=detector_model, size=size, segments=segments,
+    settings = dict(detector=detector, faces=faces.value, detector_model=detector_model, size=size, segments=segments,
+                    sampling=sampling, min_face_coverage=min_face_coverage, frame_step=frame_step,
                     shard_samples=shard_samples, shard_bytes=shard_mb * 2**20, workers=workers)
+    Settings(**settings)  # a bad value (--sampling fps:0) is one line before anything is read
     if runner is Runner.none:
         from fer_data.ingest import ingest as run_ingest
 
@@ -115,8 +130,10 @@ def ingest(
         from flows.ingest import run_ingest as run_flow
 
         summary = run_flow(dataset, raw_root, out, runner=runner.value, address=address, **settings)
-    console.print(f"[green]{summary['dataset']}[/]: {summary['rows_read']} rows read = {summary['n_samples']} samples "
-                  f"+ {summary['n_rejects']} rejects -> {summary['catalog']}")
+    from fer_data.ingest import accounting
+
+    console.print(f"[green]{summary['dataset']}[/]: "
+                  f"{accounting(summary['rows_read'], summary['n_samples'], summary['n_rejects'])} -> {summary['catalog']}")
 
 
 @app.command()
@@ -155,18 +172,20 @@ def stats(
     format: Annotated[Format, typer.Option(help="output format")] = Format.table,
     metrics: Annotated[Path | None, typer.Option(help="also write per-dataset counts as a DVC metrics JSON")] = None,
 ) -> None:
-    """Task coverage, class balance, AU occurrence and rejects of the catalog."""
+    """Task coverage, class balance, AU occurrence, rejects, detectors and face pose/quality of the catalog."""
     from fer_data.catalog import query as run_query
     from fer_data.catalog import write_counts
 
     sections = {
-        "ingests": "SELECT dataset, rows_read, n_samples, n_rejects, rows_read = n_samples + n_rejects AS accounted "
-                   "FROM ingests ORDER BY dataset",
+        "ingests": "SELECT dataset, rows_read, n_samples, n_rejects, accounted FROM ingest_accounting",
         "task coverage": "SELECT * FROM task_coverage",
         "class balance": "SELECT dataset, split, task, list(label_name || '=' || n ORDER BY label) AS counts "
                          "FROM class_balance GROUP BY ALL ORDER BY ALL",
         "AU occurrence": "SELECT * FROM au_occurrence",
         "rejects": "SELECT * FROM reject_summary",
+        "detectors (n_rows: rows whose first sample it made; recovered: a later link of the chain)":
+            "SELECT * FROM detector_summary",
+        "face pose and quality": "SELECT * FROM face_quality",
     }
     results = {title: run_query(catalog, q) for title, q in sections.items()}
     if metrics:

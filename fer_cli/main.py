@@ -10,7 +10,7 @@ import duckdb
 import typer
 from typer.core import TyperGroup
 
-from fer_cli import data, env, report, train
+from fer_cli import data, env, predict, report, train, view
 
 # What a command's mistake raises: a bad value or name (ValueError, KeyError; fer_data's QueryError,
 # BadRow and fer_models' RunFolderError are ValueErrors), a path that is not there or not usable
@@ -52,6 +52,9 @@ app.add_typer(data.app)  # without a name: their commands sit at the top level, 
 app.add_typer(train.app)
 app.add_typer(report.app)
 app.add_typer(env.app)
+app.command()(predict.export)
+app.command()(predict.predict)
+app.command()(view.view)
 
 if __name__ == "__main__":
     app()

@@ -13,17 +13,22 @@ from fer_cli import env
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a setting: key=value (repeatable)")]
 ParamsOption = Annotated[Path, typer.Option(help="params file whose `train:` section holds the defaults")]
+SectionOption = Annotated[list[str] | None, typer.Option(
+    help="params sections applied after `train:`, e.g. the method's own (repeatable)")]
+RecipeOption = Annotated[str, typer.Option(
+    help="params: the params sections over the method's paper recipe (the demo); paper: the paper recipe "
+         "whole, only data and execution keys (catalog, *_where, fold, out, device, ...) from the params file")]
 
 app = typer.Typer()  # merged into fer_cli.main's app
 
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
+    method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit | mae_vit")],
     params: ParamsOption = Path("params.yaml"),
-    section: Annotated[list[str] | None, typer.Option(
-        help="params sections applied after `train:`, e.g. the method's own (repeatable)")] = None,
+    section: SectionOption = None,
     set_: SetOption = None,
+    recipe: RecipeOption = "params",
     resume: Annotated[bool, typer.Option(
         help="insist on continuing the run in OUT (an error if it holds no checkpoint of this configuration)")] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -39,7 +44,8 @@ def train(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fer_models").setLevel(logging.INFO)  # epoch lines; not every HTTP call of Prefect
-    cfg = TrainConfig.load(params, ["train", *(section or [])], overrides=[f"method={method}", *(set_ or [])])
+    cfg = TrainConfig.load(params, ["train", *(section or [])], overrides=[f"method={method}", *(set_ or [])],
+                           recipe=recipe)
     from fer_models.train import prepare  # torch and the methods: after the settings are checked
 
     prepare(cfg, resume=resume, overwrite=overwrite)  # mistakes and a used folder stop here, before any flow
@@ -66,7 +72,8 @@ def evaluate(
 
     cfg, model = load_run(run)
     device = next(model.parameters()).device
-    urls, ids = select(cfg.catalog, where or cfg.test_where)
+    # the run's own test selection, fold included (a fold-k run is scored on fold k); --where as written
+    urls, ids = select(cfg.catalog, where, fold=None) if where else select(cfg.catalog, cfg.test_where, fold=cfg.fold)
     result = run_evaluate(model, urls, ids, cfg, device)
     write_report(result, out or run / "eval")
     typer.echo(json.dumps(result.metrics, indent=2))
@@ -75,35 +82,75 @@ def evaluate(
 @app.command("cross-eval")
 def cross_eval(
     runs: Annotated[list[Path], typer.Argument(help="trained run folders")],
-    datasets: Annotated[str, typer.Option(help="comma-separated datasets whose test splits to score")],
+    datasets: Annotated[str, typer.Option(
+        help="comma-separated test sets: DATASET (its test split; val when it has no labelled test split, as "
+             "SFEW) or DATASET:SPLIT (test, val, train or all)")],
     out: Annotated[Path, typer.Option(help="folder of CSV/PNG tables; OUT.json gets the numbers")]
     = Path("metrics/cross_dataset"),
+    tasks: Annotated[str, typer.Option(help="comma-separated tasks to score (those a run has)")] = "emotion",
 ) -> None:
-    """Every run on every dataset's test split: the train x test table (a Prefect flow)."""
+    """Every run on every test set: the train x test tables per task, UAR and WAR (a Prefect flow)."""
+    from flows.evaluate import test_set
+
+    sets = [d.strip() for d in datasets.split(",") if d.strip()]
+    for spec in sets:
+        test_set(spec)  # a mistyped split stops here, before the flow
     env.prefect_api()
     from flows.evaluate import evaluate_flow
 
-    summary = evaluate_flow([str(r) for r in runs], [d.strip() for d in datasets.split(",") if d.strip()], str(out))
-    typer.echo(json.dumps(summary["uar"], indent=2))
+    summary = evaluate_flow([str(r) for r in runs], sets, str(out), tuple(t.strip() for t in tasks.split(",")))
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("model-info")
 def model_info(
-    method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit")],
+    method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit | mae_vit")],
     params: Annotated[Path | None, typer.Option(help="params file (default: the method's paper settings)")]
     = None,
     set_: SetOption = None,
 ) -> None:
-    """One JSON object: method, backbone, trainable_params, total_params, trainable_fraction."""
-    from fer_models.backbones import count_parameters
+    """One JSON object: method, backbone, trainable_params, total_params, trainable_fraction, heads
+    ({task: outputs}) and param_groups (name, n_params, lr, weight_decay) as the optimizer gets them."""
     from fer_models.config import TrainConfig
-    from fer_models.methods import build_method
+    from fer_models.train import recipe as resolve
 
     cfg = TrainConfig.load(params, overrides=[f"method={method}", *(set_ or [])])
-    trainable, total = count_parameters(build_method(cfg))
-    typer.echo(json.dumps({"method": method, "backbone": cfg.backbone, "peft": cfg.peft, "rank": cfg.rank,
-                           "trainable_params": trainable, "total_params": total,
-                           "trainable_fraction": trainable / total}))
+    info = resolve(cfg)
+    keys = ("backbone", "trainable_params", "total_params", "trainable_fraction", "heads", "param_groups")
+    typer.echo(json.dumps({"method": method, **{k: info[k] for k in keys}, "peft": cfg.peft, "rank": cfg.rank}))
+
+
+@app.command()
+def recipe(
+    method: Annotated[str, typer.Argument(help="multitask | cafe | auformer | pe_clip | mae | pf_vit | mae_vit")],
+    format_: Annotated[str, typer.Option("--format", help="json | table")] = "table",
+    recipe: RecipeOption = "paper",
+    params: ParamsOption = Path("params.yaml"),
+    section: SectionOption = None,
+    set_: SetOption = None,
+) -> None:
+    """The resolved recipe `fer train METHOD --recipe RECIPE` (same options) trains with: optimizer, LR,
+    weight decay, schedule, warm-up, epochs, batch, image size, frames, augmentation, backbone, the
+    optimizer's named parameter groups (from the built model), the paper's protocol."""
+    from fer_models.config import TrainConfig
+    from fer_models.train import recipe as resolve
+
+    if format_ not in ("json", "table"):
+        raise ValueError(f"--format {format_!r}: expected json or table")
+    paramsfile = params if params.is_file() or params != Path("params.yaml") else None  # none here: the paper's alone
+    cfg = TrainConfig.load(paramsfile, ["train", *(section or [])] if paramsfile else (),
+                           overrides=[f"method={method}", *(set_ or [])], recipe=recipe)
+    resolved = resolve(cfg)
+    if format_ == "json":
+        typer.echo(json.dumps(resolved, indent=2))
+        return
+    from tabulate import tabulate
+
+    rows = [(k, json.dumps(v) if isinstance(v, (dict, list)) and k != "param_groups" else v)
+            for k, v in resolved.items() if k != "param_groups"]
+    typer.echo(tabulate(rows, ["setting", "value"], tablefmt="github", disable_numparse=True))
+    typer.echo("")
+    typer.echo(tabulate(resolved["param_groups"], "keys", tablefmt="github"))
 
 
 @app.command("fold-summary")

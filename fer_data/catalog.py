@@ -76,6 +76,15 @@ CREATE TABLE IF NOT EXISTS au_labels (
     present   BOOLEAN,                      -- NULL = not annotated / unknown (BP4D 9)
     intensity REAL
 );
+CREATE TABLE IF NOT EXISTS clip_frames (     -- each sampled frame of a clip sample (fer_data.faces.track)
+    sample_id    VARCHAR NOT NULL,
+    t            SMALLINT NOT NULL,         -- position in the sample (its t-th JPEG)
+    frame        INTEGER NOT NULL,          -- frame index in the video or frame folder
+    face_box     REAL[],                    -- x0, y0, x1, y1 in source pixels; NULL: an aligned release
+    landmarks    REAL[],                    -- the 5 points the crop was aligned on (smoothed), source pixels
+    score        REAL,                      -- the detector's score at this frame; NULL: no detection of its own
+    interpolated BOOLEAN                    -- landmarks from the track, not this frame; NULL: no detector ran
+);
 CREATE TABLE IF NOT EXISTS shards (
     path        VARCHAR PRIMARY KEY,
     dataset     VARCHAR NOT NULL,
@@ -109,7 +118,7 @@ CREATE TABLE IF NOT EXISTS parquet_manifest ( -- the Parquet files this index wa
     files JSON NOT NULL
 );
 """
-TABLES = ("samples", "au_labels", "rejects", "shards", "ingests", "phashes")  # what the Parquet folder holds
+TABLES = ("samples", "au_labels", "clip_frames", "rejects", "shards", "ingests", "phashes")  # what the Parquet folder holds
 
 
 def sql_string(value: str) -> str:
@@ -172,6 +181,41 @@ SELECT dataset, split, au, rate,
        (1.0 / nullif(rate, 0)) / avg(1.0 / nullif(rate, 0)) OVER (PARTITION BY dataset, split) AS weight
 FROM au_occurrence ORDER BY dataset, split, au
 """,
+    # rows read = rows giving samples + rejects, per dataset: with `--faces all` a row gives a sample per
+    # face, the first (extra.face_index 0, or none) standing for the row.
+    """
+CREATE OR REPLACE VIEW ingest_accounting AS
+SELECT i.dataset, i.rows_read, coalesce(k.n_rows, 0) AS rows_giving_samples, i.n_samples, i.n_rejects,
+       i.rows_read = coalesce(k.n_rows, 0) + i.n_rejects AS accounted
+FROM ingests i LEFT JOIN (
+    SELECT dataset, count(*) FILTER (coalesce(CAST(extra->>'face_index' AS INTEGER), 0) = 0) AS n_rows
+    FROM samples GROUP BY dataset) k USING (dataset)
+ORDER BY i.dataset
+""",
+    # Which backend of the ingest's detector chain made each dataset's samples: `step` is its place in
+    # the chain (`auto`'s picks are step 1), so the rows of a step past 1 are what it recovered.
+    """
+CREATE OR REPLACE VIEW detector_summary AS
+WITH chains AS (SELECT dataset, list_transform(string_split(coalesce(params->>'detector', 'auto'), ','),
+                                               lambda x: trim(x)) AS chain FROM ingests)
+SELECT s.dataset, s.detector, coalesce(list_position(c.chain, s.detector), 1) AS step,
+       count(*) AS n_samples,
+       count(*) FILTER (coalesce(CAST(s.extra->>'face_index' AS INTEGER), 0) = 0) AS n_rows,
+       coalesce(list_position(c.chain, s.detector), 1) > 1 AS recovered
+FROM samples s LEFT JOIN chains c USING (dataset)
+GROUP BY ALL ORDER BY s.dataset, step, s.detector
+""",
+    # Distributions of pose and quality per dataset (fer_data.faces.quality): NULLs counted apart.
+    """
+CREATE OR REPLACE VIEW face_quality AS
+SELECT dataset, measure, count(value) AS n, count(*) - count(value) AS n_null, min(value) AS min,
+       quantile_cont(value, 0.05) AS p05, quantile_cont(value, 0.25) AS p25, quantile_cont(value, 0.5) AS p50,
+       quantile_cont(value, 0.75) AS p75, quantile_cont(value, 0.95) AS p95, max(value) AS max
+FROM (SELECT dataset, unnest(['yaw', 'pitch', 'roll', 'face_size', 'sharpness', 'face_score']) AS measure,
+             unnest([yaw, pitch, roll, face_size, sharpness, face_score]) AS value FROM samples)
+GROUP BY dataset, measure
+ORDER BY dataset, list_position(['yaw', 'pitch', 'roll', 'face_size', 'sharpness', 'face_score'], measure)
+""",
     """
 CREATE OR REPLACE VIEW reject_summary AS
 SELECT dataset, stage, reason, count(*) AS n FROM rejects GROUP BY dataset, stage, reason ORDER BY dataset, n DESC
@@ -204,7 +248,9 @@ SHARD_COLUMNS = ["path", "dataset", "split", "n_samples", "bytes", "sha256", "fi
 REJECT_COLUMNS = ["dataset", "source_path", "stage", "reason", "detail"]
 
 
-COLUMNS = {"samples": SAMPLE_COLUMNS, "au_labels": AU_COLUMNS, "rejects": REJECT_COLUMNS, "shards": SHARD_COLUMNS}
+CLIP_FRAME_COLUMNS = ["sample_id", "t", "frame", "face_box", "landmarks", "score", "interpolated"]
+COLUMNS = {"samples": SAMPLE_COLUMNS, "au_labels": AU_COLUMNS, "clip_frames": CLIP_FRAME_COLUMNS,
+           "rejects": REJECT_COLUMNS, "shards": SHARD_COLUMNS}
 WRITE_MEMORY = "1GB"  # DuckDB's own memory while a write builds the index and exports; beyond it DuckDB spills to disk
 _INSERT_ROWS = 5_000  # rows of one table gathered per INSERT: few statements, bounded memory
 _REBASED = {"samples": "shard", "shards": "path"}  # columns holding paths relative to the catalog's folder
@@ -627,7 +673,7 @@ def _load(con: duckdb.DuckDBPyConnection, folder: Path, drop: Collection[str] = 
 
 def _delete(con: duckdb.DuckDBPyConnection, datasets: Sequence[str]) -> None:
     args = {"d": list(datasets)}
-    for table in ("au_labels", "phashes"):
+    for table in ("au_labels", "clip_frames", "phashes"):
         con.execute(f"DELETE FROM {table} WHERE sample_id IN "
                     "(SELECT sample_id FROM samples WHERE list_contains($d::VARCHAR[], dataset))", args)
     for table in ("samples", "rejects", "shards", "ingests"):

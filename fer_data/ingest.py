@@ -1,7 +1,8 @@
 """One dataset from its raw layout: adapter records -> decoded images -> aligned faces -> shards -> catalog.
 
-Every row the adapter reads ends as exactly one sample or one reject, so a user can always
-account for a dataset: rows read = samples + rejects.
+Every row the adapter reads ends as samples or as one reject, so a user can always account for a
+dataset: rows read = rows giving samples + rejects. A row gives one sample, or with `faces="all"`
+one per face of its image (`<id>#<k>`, kept together in one shard), so samples >= rows giving samples.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -25,14 +26,18 @@ import numpy as np
 
 from fer_data import catalog, shards
 from fer_data.datasets import BadRow, get_adapter
-from fer_data.decode import MAX_CLIP_PIXELS, MAX_PIXELS, read_image
+from fer_data.decode import MAX_CLIP_PIXELS, MAX_PIXELS, fit, read_image
 from fer_data.faces.detectors import DETECTORS
-from fer_data.faces.stage import AlignedFace, FaceAligner, FaceConfig, backend_for
+from fer_data.faces import align, quality
+from fer_data.faces.stage import AlignedFace, FaceAligner, FaceConfig, backend_for, face_geometry, uses_detector
+from fer_data.faces.track import (DETECT_CHUNK, MAX_DETECTIONS, Detect, TrackedFace, Tracking, scan_frames,
+                                  track_frames)
 from fer_data.labels import LABEL_SPACES
 from fer_data.record_store import RecordStore
 from fer_data.records import Record, Reject, printable
 from fer_data.settings import Settings
-from fer_data.video import Clip, tsn_indices
+from fer_data.sampling import Sampling
+from fer_data.video import Clip
 
 LOCK_FILE = ".ingest.lock"
 _local = threading.local()  # per-thread Workers and open video readers
@@ -59,6 +64,8 @@ class Loaded:
     source: Source
     extra: dict[str, Any]
     data: bytes | None = None  # the encoded file, for an image read from disk
+    tracking: Tracking | None = None  # a clip the detector ran on: its face tracks
+    faces: list[TrackedFace] | None = None  # ... and the main face at each of `frames`, in their pixels
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,27 @@ class IngestResult:
     catalog: Path
 
 
-def load(rec: Record, segments: int) -> Loaded:
+def accounting(rows_read: int, n_samples: int, n_rejects: int) -> str:
+    """rows read = samples + rejects, said as the ingest checked it: with `faces="all"` a row may give
+    several samples, so then rows read = rows giving samples (and how many samples) + rejects."""
+    kept = rows_read - n_rejects
+    given = f"{n_samples} samples" if kept == n_samples else f"{kept} rows giving {n_samples} samples"
+    return f"{rows_read} rows read = {given} + {n_rejects} rejects"
+
+
+def load(rec: Record, segments: int, sampling: Sampling = Sampling("tsn"), detect: Detect | None = None,
+         max_detections: int = MAX_DETECTIONS) -> Loaded:
     """Read and decode a record's source to RGB frames within the pixel budget (`fer_data.decode`):
     an image in `MAX_PIXELS`, a clip in `MAX_CLIP_PIXELS` over its frames. BadRow says what is wrong
     with it, an OSError's included (a 300-character name, a file it may not read). Frames decoded
     smaller than the source carry their size in `extra["decoded_size"]`, and the release's
-    landmarks or face box in `rec` are scaled to them, so a given face aligns where it is."""
+    landmarks or face box in `rec` are scaled to them, so a given face aligns where it is.
+
+    A clip's frames are picked by `sampling` (`segments` for `tsn`). With `detect`, the clip is
+    tracked first (`fer_data.faces.track`: at most `max_detections` frames detected) and the
+    frames are sampled inside its main face track's span, `faces` giving that face at each."""
     try:
-        got = _load(rec, segments)
+        got = _load(rec, segments, sampling, detect, max_detections)
     except OSError as err:
         raise BadRow.from_os_error(err.filename or rec.source_path, err) from None
     height, width = got.frames.shape[1:3]
@@ -92,7 +112,7 @@ def load(rec: Record, segments: int) -> Loaded:
     return got
 
 
-def _load(rec: Record, segments: int) -> Loaded:
+def _load(rec: Record, segments: int, sampling: Sampling, detect: Detect | None, max_detections: int) -> Loaded:
     path = Path(rec.source_path)
     if rec.pixels is not None:
         data = np.ascontiguousarray(rec.pixels).tobytes()
@@ -106,13 +126,33 @@ def _load(rec: Record, segments: int) -> Loaded:
     if path.is_file() and path.stat().st_size == 0:
         raise BadRow("empty_file", f"{path} has 0 bytes")
     start, end = rec.frame_range or (rec.frame_index or 0, rec.frame_index)
+    budget = MAX_PIXELS if rec.kind == "image" else MAX_CLIP_PIXELS // segments  # per frame
+    tracking: Tracking | None = None
     try:
-        clip = _open_clip(path, MAX_PIXELS if rec.kind == "image" else MAX_CLIP_PIXELS // segments)
+        clip = _open_clip(path, budget)
         n_frames = clip.n_frames - start if end is None else min(end, clip.n_frames - 1) - start + 1
         if n_frames <= 0:
             raise BadRow("empty_video", f"{path} has no frames in range {start}..{end} ({clip.n_frames} frames)")
-        indices = tsn_indices(n_frames, segments) if rec.kind == "clip" else [0]
-        frames = clip.read([start + i for i in indices])
+        if rec.kind == "image":  # one frame of a video: its own pixels identify it
+            frames = clip.read([start])
+            data = frames[0].tobytes()
+            width, height = clip.size or (frames.shape[2], frames.shape[1])
+            return Loaded(frames, Source(_sha(data), len(data), width, height, 1, clip.fps), {})
+        held: dict[int, np.ndarray] = {}
+        first, span = 0, n_frames
+        if detect is not None:
+            tracking = _track(clip, start, n_frames, detect, max_detections, held)
+            if tracking.main is None:
+                return _untracked(rec, clip, n_frames, tracking)
+            first, last = tracking.main.span
+            span = last - first + 1
+        keys = rec.extra.get("keyframes")
+        try:
+            indices = [first + i for i in sampling.indices(
+                span, segments, clip.fps, keys and [keys[k] - start - first for k in sorted(keys, key=keys.get)])]
+        except ValueError:
+            raise BadRow("no_keyframes", f"sampling 'keyframes' but the release marks none for {rec.sample_id}") from None
+        frames, scale = _read(clip, path, [start + i for i in indices], held, len(indices), segments)
     except (ValueError, OSError, IndexError) as err:
         if isinstance(err, BadRow):
             raise
@@ -120,17 +160,65 @@ def _load(rec: Record, segments: int) -> Loaded:
         message = str(err) if str(path) in str(err) else f"{path}: {err}"
         raise BadRow("corrupt_video", printable(message)) from None  # a frame's name may be no UTF-8
     width, height = clip.size or (frames.shape[2], frames.shape[1])
-    if rec.kind == "image":  # one frame of a video: its own pixels identify it
-        data = frames[0].tobytes()
-        return Loaded(frames, Source(_sha(data), len(data), width, height, 1, clip.fps), {})
     extra: dict[str, Any] = {"frame_indices": [start + i for i in indices]}
-    if n_frames < segments:
+    if span < segments and sampling.mode == "tsn":
         extra["short_clip"] = True
+    faces = None
+    if tracking is not None:
+        faces = tracking.at(indices)
+        if scale != 1.0:
+            faces = [replace(f, box=tuple(v * scale for v in f.box), landmarks=f.landmarks * scale) for f in faces]
+    return Loaded(frames, _clip_source(path, frames, n_frames, width, height, clip.fps), extra, None, tracking, faces)
+
+
+def _clip_source(path: Path, frames: np.ndarray, n_frames: int, width: int, height: int, fps: float | None) -> Source:
     if path.is_file():
         digest, size = _file_digest(path, path.stat().st_mtime_ns), path.stat().st_size
     else:
         digest, size = _sha(b"".join(f.tobytes() for f in frames)), int(frames.nbytes)
-    return Loaded(frames, Source(digest, size, width, height, n_frames, clip.fps), extra)
+    return Source(digest, size, width, height, n_frames, fps)
+
+
+def _untracked(rec: Record, clip: Clip, n_frames: int, tracking: Tracking) -> Loaded:
+    """A clip the detector found no face in (a `no_face` reject later): its source, no frames."""
+    first = clip.read([(rec.frame_range or (0, 0))[0]])
+    width, height = clip.size or (first.shape[2], first.shape[1])
+    return Loaded(first[:0], _clip_source(Path(rec.source_path), first, n_frames, width, height, clip.fps), {},
+                  None, tracking, [])
+
+
+def _track(clip: Clip, start: int, n_frames: int, detect: Detect, max_detections: int,
+           held: dict[int, np.ndarray]) -> Tracking:
+    """The clip's face tracks, its frames decoded `DETECT_CHUNK` at a time. The scanned frames are
+    kept in `held` (for sampling without decoding again) while they fit the clip's pixel budget."""
+    scanned = scan_frames(n_frames, max_detections)
+    pixels = 0
+
+    def frames() -> Iterator[tuple[int, np.ndarray]]:
+        nonlocal pixels
+        for i in range(0, len(scanned), DETECT_CHUNK):
+            part = scanned[i:i + DETECT_CHUNK]
+            decoded = clip.read([start + f for f in part])
+            pixels += decoded.shape[0] * decoded.shape[1] * decoded.shape[2]
+            if pixels <= MAX_CLIP_PIXELS:
+                held.update((start + f, rgb) for f, rgb in zip(part, decoded))
+            else:
+                held.clear()
+            yield from zip(part, decoded)
+
+    return track_frames(frames(), scanned, n_frames, detect)
+
+
+def _read(clip: Clip, path: Path, absolute: list[int], held: dict[int, np.ndarray], n: int,
+          segments: int) -> tuple[np.ndarray, float]:
+    """The frames at `absolute`, and their scale against `clip`'s frames: more than `segments`
+    frames share the clip's pixel budget, so they are decoded smaller (another reader)."""
+    if n <= segments:
+        if all(i in held for i in absolute):
+            return np.stack([held[i] for i in absolute]), 1.0
+        return clip.read(absolute), 1.0
+    frames = Clip(path, MAX_CLIP_PIXELS // n).read(absolute)
+    return frames, frames.shape[2] / fit(*(clip.size or frames.shape[2:0:-1]), clip.max_pixels)[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,8 +257,8 @@ _RECORD_COLUMNS = [f.name for f in fields(Record) if f.name in catalog.SAMPLE_CO
 
 
 def in_source_pixels(geometry: dict[str, Any], decoded: list[int] | None, src: Source) -> dict[str, Any]:
-    """Box, landmarks and alignment matrix of frames decoded smaller than the source (the pixel budget,
-    `extra.decoded_size`) mapped back to source pixels, which is what the catalog's columns mean."""
+    """Box, landmarks, face size and alignment matrix of frames decoded smaller than the source (the
+    pixel budget, `extra.decoded_size`) mapped back to source pixels, which is what the catalog's columns mean."""
     if not decoded:
         return geometry
     sx, sy = decoded[0] / src.width, decoded[1] / src.height
@@ -178,6 +266,8 @@ def in_source_pixels(geometry: dict[str, Any], decoded: list[int] | None, src: S
     for key in ("face_box", "landmarks"):
         if out.get(key) is not None:
             out[key] = [v / (sx if i % 2 == 0 else sy) for i, v in enumerate(out[key])]
+    if out.get("face_size") is not None:  # a square's side: the geometric mean of the two scales
+        out["face_size"] = out["face_size"] / (sx * sy) ** 0.5
     if out.get("align_matrix") is not None:  # crop = M @ decoded = M @ diag(sx, sy) @ source
         a, b, c, d, e, f = out["align_matrix"]
         out["align_matrix"] = [a * sx, b * sy, c, d * sx, e * sy, f]
@@ -207,26 +297,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def fill_missed(frames: np.ndarray, faces: list[AlignedFace | Reject], size: int) -> list[AlignedFace] | None:
-    """Frames where the detector missed are warped with the mean alignment matrix of the nearest frames
-    that have one (before and after: a smoothed box), so a clip keeps T aligned frames; None if none has."""
-    found = [i for i, f in enumerate(faces) if isinstance(f, AlignedFace)]
-    if not found:
-        return None
-    out: list[AlignedFace] = []
-    for i, face in enumerate(faces):
-        if isinstance(face, AlignedFace):
-            out.append(face)
-            continue
-        near = [j for j in (max((k for k in found if k < i), default=None), min((k for k in found if k > i), default=None))
-                if j is not None]
-        matrix = np.mean([np.reshape(faces[j].geometry["align_matrix"], (2, 3)) for j in near], axis=0)
-        crop = cv2.warpAffine(frames[i], matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
-        out.append(AlignedFace(crop, {**faces[near[0]].geometry, "align_matrix": matrix.reshape(-1).tolist(),
-                                      "landmarks": None, "face_score": None}))
-    return out
-
-
 Results = list[tuple[Record, dict[str, Any] | Reject]]
 
 
@@ -241,11 +311,21 @@ class Worker:
             return got.data
         return encode_jpeg(face.crop, self.quality)
 
-    def __init__(self, faces: FaceConfig, quality: int, segments: int) -> None:
+    def __init__(self, faces: FaceConfig, quality: int, segments: int, sampling: str = "tsn",
+                 min_face_coverage: float = 0.5, max_detections: int = MAX_DETECTIONS) -> None:
         self.aligner = FaceAligner(faces)
         self.size = faces.size
         self.quality = quality
         self.segments = segments
+        self.sampling = Sampling.parse(sampling)
+        self.min_face_coverage = min_face_coverage
+        self.max_detections = max_detections
+
+    def _load(self, rec: Record) -> Loaded:
+        """`load` with this worker's sampling; a clip whose faces need a detector is tracked with it."""
+        backend = backend_for(rec, self.aligner.config.detector) if rec.kind == "clip" else None
+        detect = self.aligner.detector(backend) if backend in DETECTORS else None
+        return load(rec, self.segments, self.sampling, detect, self.max_detections)
 
     def __call__(self, batch: list[Record]) -> Results:
         """Each record's result in order: images and clips go their own ways (`_images`, `_clips`)."""
@@ -253,7 +333,7 @@ class Worker:
         out: dict[int, tuple[Record, dict[str, Any] | Reject]] = {}
         for i, rec in enumerate(batch):
             try:
-                loaded.append((rec, load(rec, self.segments)))
+                loaded.append((rec, self._load(rec)))
             except BadRow as err:
                 out[i] = (rec, Reject(rec.dataset, rec.source_path, "decode", err.reason, err.detail))
         kept = iter(self._images([x for x in loaded if x[0].kind == "image"]))
@@ -263,40 +343,98 @@ class Worker:
                 out[i] = next(kept) if rec.kind == "image" else next(clips)
         return [out[i] for i in range(len(batch))]
 
-    def _sample(self, rec: Record, got: Loaded, kept: list[AlignedFace], faces: list[AlignedFace | Reject]
-                ) -> tuple[Record, dict[str, Any]]:
+    def _sample(self, rec: Record, got: Loaded, kept: list[AlignedFace]) -> tuple[Record, dict[str, Any]]:
         """One sample: its crops (one, or T frames of a clip) and labels as shard files, and its catalog row."""
         names = ["jpg"] if rec.kind == "image" else [f"{t:02d}.jpg" for t in range(len(kept))]
         files = {name: self._jpeg(got, face) for name, face in zip(names, kept)}
         files["json"] = json.dumps(shard_labels(rec), sort_keys=True).encode()
         sample = shards.encode_sample(shards.sample_key(rec.sample_id), files)
         centre = kept[len(kept) // 2]
-        row = sample_row(rec, got.source, in_source_pixels(centre.geometry, got.extra.get("decoded_size"),
-                                                           got.source))
-        if got.extra or rec.kind == "clip":
-            row["extra"] = {**(row["extra"] or {}), **got.extra,
-                            "missed_frames": sum(isinstance(f, Reject) for f in faces)}
-        return rec, {"sample_id": rec.sample_id, "sample": sample, "row": row, "aus": au_rows(rec)}
+        decoded = got.extra.get("decoded_size")
+        geometry = {**centre.geometry, **quality.columns(kept)}  # pose and quality: a clip's, the mean over its frames
+        frames: list[dict[str, Any]] = []
+        if rec.kind == "clip":
+            geometry.update(n_tracks=None, face_coverage=None)
+            if got.tracking is not None:
+                geometry.update(n_tracks=len(got.tracking.tracks), face_coverage=got.tracking.coverage)
+            frames = self._clip_frames(rec, got, kept)
+        row = sample_row(rec, got.source, in_source_pixels(geometry, decoded, got.source))
+        if got.extra:
+            row["extra"] = {**(row["extra"] or {}), **got.extra}
+        return rec, {"sample_id": rec.sample_id, "sample": sample, "row": row, "aus": au_rows(rec), "frames": frames}
+
+    @staticmethod
+    def _clip_frames(rec: Record, got: Loaded, kept: list[AlignedFace]) -> list[dict[str, Any]]:
+        """The `clip_frames` rows: each sampled frame's index, and box and landmarks in source pixels."""
+        rows = []
+        for t, (index, face) in enumerate(zip(got.extra["frame_indices"], kept)):
+            geo = in_source_pixels(face.geometry, got.extra.get("decoded_size"), got.source)
+            tracked = got.faces[t] if got.faces else None
+            rows.append({"sample_id": rec.sample_id, "t": t, "frame": index, "face_box": geo.get("face_box"),
+                         "landmarks": geo.get("landmarks"), "score": geo.get("face_score"),
+                         "interpolated": None if tracked is None else tracked.interpolated})
+        return rows
 
     def _images(self, items: list[tuple[Record, Loaded]]) -> Results:
-        """Image records: every image of the batch through the aligner at once (one detector batch)."""
-        aligned = self.aligner([(rec, got.frames[0]) for rec, got in items])
-        return [(rec, face) if isinstance(face, Reject) else self._sample(rec, got, [face], [face])
-                for (rec, got), face in zip(items, aligned)]
+        """Image records: every image of the batch through the aligner at once (one detector batch);
+        with `faces="all"` every face of an image (`_faces`)."""
+        images = [(rec, got.frames[0]) for rec, got in items]
+        if self.aligner.config.faces == "all":
+            return [(rec, faces) if isinstance(faces, Reject) else (rec, self._faces(rec, got, faces))
+                    for (rec, got), faces in zip(items, self.aligner.every(images))]
+        return [(rec, face) if isinstance(face, Reject) else self._sample(rec, got, [face])
+                for (rec, got), face in zip(items, self.aligner(images))]
+
+    def _faces(self, rec: Record, got: Loaded, faces: list[AlignedFace]) -> dict[str, Any]:
+        """Each face of one image its own sample `<id>#<k>` (k = 0 the largest; `extra` keeps k and the
+        count), the row's labels copied to each: a label meant for one person of a group photo is then
+        on every face. One result for the row: its samples' tar members together (one shard holds
+        them all, so a resumed run never splits a row) and the rest of the rows in `more`."""
+        made = [self._sample(replace(rec, sample_id=f"{rec.sample_id}#{k}",
+                                     extra={**rec.extra, "face_index": k, "n_faces": len(faces)}), got, [face])[1]
+                for k, face in enumerate(faces)]
+        first, *more = made
+        blob = shards.Sample(b"".join(m["sample"].blob for m in made), sum(m["sample"].size for m in made))
+        return {**first, "sample": blob, "more": [{k: v for k, v in m.items() if k != "sample"} for m in more]}
 
     def _clips(self, items: list[tuple[Record, Loaded]]) -> Results:
-        """Clip records: every frame of the batch through the aligner at once; missed frames filled."""
-        aligned = iter(self.aligner([(rec, frame) for rec, got in items for frame in got.frames]))
+        """Clip records. Tracked clips (`load` ran the detector) are aligned on their main face track's
+        smoothed landmarks, every sampled frame (never a background warp); a clip with no face, or whose
+        main track covers less than `min_face_coverage` of it, is a reject. The others (aligned
+        releases, given landmarks): every frame of the batch through the aligner at once."""
+        plain = iter(self.aligner([(rec, frame) for rec, got in items if got.tracking is None for frame in got.frames]))
         out: Results = []
         for rec, got in items:
-            faces = [next(aligned) for _ in got.frames]
-            kept = fill_missed(got.frames, faces, self.size)
-            if kept is None:
+            if got.tracking is None:
+                faces = [next(plain) for _ in got.frames]
+                bad = next((f for f in faces if isinstance(f, Reject)), None)
+                out.append((rec, bad) if bad else self._sample(rec, got, faces))
+            elif got.tracking.main is None:
                 out.append((rec, Reject(rec.dataset, rec.source_path, "detect", "no_face",
-                                        "no frame of the clip has a face")))
+                                        f"no frame of the clip has a face ({len(got.tracking.scanned)} detected)")))
+            elif got.tracking.coverage < self.min_face_coverage:
+                out.append((rec, Reject(rec.dataset, rec.source_path, "detect", "low_face_coverage",
+                                        f"face_coverage {got.tracking.coverage:.3f} < {self.min_face_coverage}: the "
+                                        f"main face track spans frames {got.tracking.main.span} of "
+                                        f"{got.tracking.n_frames} ({len(got.tracking.tracks)} tracks)")))
             else:
-                out.append(self._sample(rec, got, kept, faces))
+                backend = backend_for(rec, self.aligner.config.detector)
+                out.append(self._sample(rec, got, [self._tracked(frame, face, backend)
+                                                   for frame, face in zip(got.frames, got.faces or [])]))
         return out
+
+    def _tracked(self, frame: np.ndarray, face: TrackedFace, backend: str) -> AlignedFace:
+        crop, matrix = align.align(frame, face.landmarks, self.size)
+        return AlignedFace(crop, face_geometry(backend, matrix, face.box, face.score, face.landmarks))
+
+
+def every_kth_frame(items: Iterable[Record | Reject], step: int) -> Iterator[Record | Reject]:
+    """`Settings.frame_step` on a video-frame image release (DISFA, BP4D: `extra.frame` numbers its
+    records): frames 1, 1 + step, ... only; the rest are not read. Rejects and other records pass."""
+    for item in items:
+        frame = item.extra.get("frame") if isinstance(item, Record) and item.kind == "image" else None
+        if step == 1 or not isinstance(frame, int) or (frame - 1) % step == 0:
+            yield item
 
 
 class InputKeys:
@@ -365,9 +503,10 @@ def process_batch(settings: Settings, batch: list[Record]) -> Results:
         cache = _local.workers = {}
     key = replace(settings, workers=None, chunk_frames=1)  # a Worker depends on neither
     if key not in cache:
-        faces = FaceConfig(detector=settings.detector, size=settings.size, model_path=settings.detector_model,
-                           threads=settings.threads)
-        cache[key] = Worker(faces, settings.quality, settings.segments)
+        faces = FaceConfig(detector=settings.detector, faces=settings.faces, size=settings.size,
+                           model_path=settings.detector_model, threads=settings.threads)
+        cache[key] = Worker(faces, settings.quality, settings.segments, settings.sampling,
+                            settings.min_face_coverage, settings.track_frames)
     return cache[key](batch)
 
 
@@ -450,11 +589,11 @@ class IngestJob:
         self.needs_detector = False
 
         def seen(rec: Record) -> None:
-            self.needs_detector = self.needs_detector or backend_for(rec, settings.detector) in DETECTORS
+            self.needs_detector = self.needs_detector or uses_detector(rec, settings.detector)
 
         keys = InputKeys(raw_root)
         self.root = keys.root
-        self.store = RecordStore(self.adapter.records(raw_root), keys, seen)
+        self.store = RecordStore(every_kth_frame(self.adapter.records(raw_root), settings.frame_step), keys, seen)
         self.shard_dir = self.out / "shards" / self.adapter.name
         self.writers: dict[str, shards.ShardWriter] = {}
         self.n_records = self.store.n_records
@@ -512,8 +651,9 @@ class IngestJob:
         for rec, res in results:
             if isinstance(res, Reject):
                 writer.carry({"sample_id": rec.sample_id, "reject": self._reject_row(res)})
-            else:
-                res["row"]["source_path"] = relative(res["row"]["source_path"], self.root)
+            else:  # one `add` per row: `more` (the row's other faces) rides with its first sample
+                for item in (res, *res.get("more", ())):
+                    item["row"]["source_path"] = relative(item["row"]["source_path"], self.root)
                 writer.add(res["sample"], {k: v for k, v in res.items() if k != "sample"})
         self.n_done += len(results)
 
@@ -532,46 +672,53 @@ class IngestJob:
         finally:
             self.lock.release()
 
-    def _parts(self) -> Iterator[dict[str, list[dict[str, Any]]]]:
+    def _parts(self, counts: dict[str, int]) -> Iterator[dict[str, list[dict[str, Any]]]]:
         """The catalog rows, one shard's stats at a time: the adapter's rejects, then each shard's
-        samples, AU labels, carried rejects and its `shards` row."""
+        samples, AU labels, carried rejects and its `shards` row. A shard's stats hold one item per
+        row giving samples (`n_samples`), its other faces in `more`: `counts[split]` adds up the samples."""
         name = self.adapter.name
         yield {"rejects": [self._reject_row(r) for r in self.store.rejects()]}
         for split, writer in sorted(self.writers.items()):
             for summary in writer.done:
                 stats = writer.read_stats(summary)
                 rel = None if stats["shard"] is None else f"shards/{name}/{writer.directory.name}/{stats['shard']}"
+                items = [sample for item in stats["samples"] for sample in (item, *item.get("more", ()))]
+                counts[split] = counts.get(split, 0) + len(items)
                 yield {
-                    "samples": [{**item["row"], "shard": rel} for item in stats["samples"]],
-                    "au_labels": [au for item in stats["samples"] for au in item["aus"]],
+                    "samples": [{**item["row"], "shard": rel} for item in items],
+                    "au_labels": [au for item in items for au in item["aus"]],
+                    "clip_frames": [f for item in items for f in item.get("frames", ())],
                     "rejects": [c["reject"] for c in stats["carried"]],
                     "shards": [] if rel is None else [{
-                        "path": rel, "dataset": name, "split": split, "n_samples": stats["n_samples"],
+                        "path": rel, "dataset": name, "split": split, "n_samples": len(items),
                         "bytes": stats["bytes"], "sha256": stats["sha256"], "fingerprint": stats["fingerprint"]}],
                 }
 
     def _finish(self) -> IngestResult:
         name = self.adapter.name
         done = [(split, s) for split, writer in sorted(self.writers.items()) for s in writer.done]
-        n_samples = sum(s["n_samples"] for _, s in done)
+        n_rows_kept = sum(s["n_samples"] for _, s in done)  # a shard's n_samples counts rows (`_parts`)
         n_rejects = self.store.n_rejects + sum(s["n_carried"] for _, s in done)
-        if n_samples + n_rejects != self.store.n_rows:
-            raise AssertionError(f"{name}: {self.store.n_rows} rows read but {n_samples} samples + "
+        if n_rows_kept + n_rejects != self.store.n_rows:
+            raise AssertionError(f"{name}: {self.store.n_rows} rows read but {n_rows_kept} rows giving samples + "
                                  f"{n_rejects} rejects")
         info_splits: dict[str, dict[str, Any]] = {}
         versions = {split: writer.directory.name for split, writer in self.writers.items()}
         for split, s in done:
             entry = info_splits.setdefault(split, {"n_samples": 0, "shards": []})
             if s["shard"] is not None:
-                entry["n_samples"] += s["n_samples"]
                 entry["shards"].append(f"{versions[split]}/{s['shard']}")
+        counts: dict[str, int] = {}
         params = self.settings.params()
         path = self.out / "catalog.duckdb"
         # Readers follow the catalog: it moves to the new shards in one commit, and only then do the
         # shards it pointed at before go. An interrupted or failed run leaves both as they were.
         catalog.replace_dataset(path, catalog.DatasetRows(
             dataset=name, raw_root=str(self.raw_root), rows_read=self.store.n_rows, params=params,
-            parts=self._parts()), parquet_dir=self.out / "catalog")
+            parts=self._parts(counts)), parquet_dir=self.out / "catalog")
+        for split, entry in info_splits.items():
+            entry["n_samples"] = counts.get(split, 0)
+        n_samples = sum(counts.values())
         self.shard_dir.mkdir(parents=True, exist_ok=True)  # no writer made it when the adapter rejected every row
         shards.write_info(self.shard_dir, {
             "dataset": name, "splits": info_splits, "params": params,

@@ -80,9 +80,19 @@ def _selected(ids: frozenset[str], sample: dict[str, Any]) -> bool:
 
 
 def _collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict[str, Any]]:
-    pixels = torch.stack([b[0] for b in batch])
+    """Stacked pixels and targets. Clips of different lengths (a sampling other than `tsn`:
+    `fer_data.sampling`) are padded to the batch's longest by repeating their last frame, and
+    `targets["n_frames"]` says how many of each clip's frames are its own."""
+    frames = [b[0] for b in batch]
+    if frames[0].dim() == 4:  # clips [T, 3, H, W]
+        longest = max(f.shape[0] for f in frames)
+        lengths = torch.tensor([f.shape[0] for f in frames])
+        frames = [torch.cat([f, f[-1:].expand(longest - f.shape[0], *f.shape[1:])]) for f in frames]
+    pixels = torch.stack(frames)
     keys = [k for k in batch[0][1] if k != "sample_id"]
     targets: dict[str, Any] = {k: torch.stack([b[1][k] for b in batch]) for k in keys}
+    if pixels.dim() == 5:
+        targets["n_frames"] = lengths
     targets["sample_id"] = [b[1]["sample_id"] for b in batch]
     return pixels, targets
 

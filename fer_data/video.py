@@ -1,5 +1,5 @@
-"""Video frames: decord (PyAV fallback) for video files, numerically sorted folders for frame releases,
-and TSN sampling of T segment centres.
+"""Video frames: decord (PyAV fallback) for video files, numerically sorted folders for frame releases
+(which frames a sample takes: `fer_data.sampling`).
 
 A video's header is checked against its stream before decord reads it (`probe`), and frames come
 decoded within a pixel budget (`Clip.max_pixels`), so a lying header or a 4K clip cannot take
@@ -48,16 +48,6 @@ def read_frame(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tu
 def _message(err: Exception) -> str:
     """A decoder's error without the clock time decord stamps on it, so the same file gives the same reject."""
     return re.sub(r"\[\d\d:\d\d:\d\d\] ", "", str(err)).strip()
-
-
-def tsn_indices(n_frames: int, segments: int) -> list[int]:
-    """Centres of `segments` equal segments over `n_frames` (TSN test-time sampling).
-
-    Fewer frames than segments repeat frames, in order; the caller flags such clips.
-    """
-    if n_frames <= 0:
-        raise ValueError("no frames")
-    return [min(n_frames - 1, int((i + 0.5) * n_frames / segments)) for i in range(segments)]
 
 
 def probe(path: Path) -> tuple[int, int]:

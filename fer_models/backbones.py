@@ -10,11 +10,20 @@ Classic open_clip ViTs (ViT-B-16, ViT-L-14) use `nn.MultiheadAttention`, whose f
 gradient. `build_backbone` therefore swaps every such attention for `LinearSelfAttention`, the same
 computation with `nn.Linear` in/out projections that PEFT can wrap, and which still loads CLIP
 checkpoints.
+
+Classic ViTs also load timm / ImageNet weights (a timm `VisionTransformer` state dict, e.g.
+ViT-B/16 `vit_base_patch16_224.augreg2_in21k_ft_in1k`): `timm_vit_to_open_clip` renames the keys to
+open_clip's, and `build_backbone` shapes the tower like timm's (no pre-norm unless the file has one,
+LayerNorm eps 1e-6, identity projection so the embedding is the normed class token; timm's
+classifier head is dropped). A patch-embedding bias, which open_clip's conv lacks, is folded into
+the patch rows of the position embedding (the same sum). Such towers normalise with mean = std =
+0.5, timm's ViT default.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +46,7 @@ from torch import nn
 __all__ = [  # explicit: timm's register_model below appends its model name to __all__
     "SUPPORTED", "TEST_CONFIGS", "Backbone", "LinearSelfAttention", "build_backbone", "build_clip",
     "linearize_attention", "residual_branches", "freeze", "unfreeze_last_blocks", "count_parameters", "cache_features",
-    "load_cached_features",
+    "load_cached_features", "is_timm_vit", "timm_vit_to_open_clip",
 ]
 logger = logging.getLogger(__name__)
 
@@ -206,20 +215,73 @@ class Backbone(nn.Module):
         return params if self.is_eva else params + [self.visual.proj]
 
     def load_weights(self, path: str | os.PathLike) -> None:
-        """Load an open_clip checkpoint, a vision-tower state dict, a saved Backbone, or (PE) a Meta/timm file.
+        """Load an open_clip checkpoint, a vision-tower state dict, a saved Backbone, a timm ViT (classic
+        towers built for it by `build_backbone`), or (PE) a Meta/timm file.
 
         Position embeddings are resampled to this backbone's grid.
         """
-        state = load_state_dict(str(path))
+        self.load_state(load_state_dict(str(path)))
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """`load_weights` of a state dict already read."""
         if self.is_eva:  # timm's filter knows open_clip, timm and Meta PE layouts and resamples pos_embed
             trunk = self.visual.trunk
             trunk.load_state_dict(eva.checkpoint_filter_fn(state, trunk), strict=True)
             return
+        if is_timm_vit(state):
+            state = timm_vit_to_open_clip(state)
         if not any(k.startswith("visual.") for k in state):
             state = {f"visual.{k}": v for k, v in state.items()}
         state = {k: v for k, v in state.items() if k.startswith("visual.")}
         resize_pos_embed(state, self)
         self.load_state_dict(state, strict=True)
+
+
+# timm VisionTransformer -> open_clip VisionTransformer names inside a block ("blocks.N." -> "transformer.resblocks.N.")
+TIMM_VIT_KEYS = {
+    "norm1": "ln_1", "attn.qkv": "attn.in_proj", "attn.proj": "attn.out_proj", "norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+}
+TIMM_VIT_MEAN = TIMM_VIT_STD = (0.5, 0.5, 0.5)
+
+
+def is_timm_vit(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict is a timm VisionTransformer's (timm / ImageNet layout)."""
+    return "patch_embed.proj.weight" in state and "blocks.0.attn.qkv.weight" in state
+
+
+def timm_vit_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm ViT state dict in open_clip's VisionTransformer key layout (see the module docstring).
+
+    A layout open_clip's tower cannot express (register tokens, LayerScale, no class token, a
+    position embedding without the class row) is a ValueError naming what it found.
+    """
+    unsupported = [k for k in state if k.startswith(("reg_token", "fc_norm.weight", "attn_pool"))
+                   or ".ls1." in k or ".ls2." in k or ".q_norm." in k]
+    if unsupported or "cls_token" not in state:
+        raise ValueError(f"timm ViT layout not supported here: {unsupported[:3] or 'no cls_token'}")
+    pos, width = state["pos_embed"][0], state["cls_token"].shape[-1]
+    if int(round(math.sqrt(len(pos) - 1))) ** 2 != len(pos) - 1:
+        raise ValueError(f"timm ViT position embedding of {len(pos)} rows: expected a class row and a square grid")
+    pos = pos.clone()
+    if "patch_embed.proj.bias" in state:  # conv bias added to every patch token = added to their positions
+        pos[1:] += state["patch_embed.proj.bias"]
+    out = {"class_embedding": state["cls_token"].reshape(width), "positional_embedding": pos,
+           "conv1.weight": state["patch_embed.proj.weight"], "proj": torch.eye(width),
+           "ln_post.weight": state["norm.weight"], "ln_post.bias": state["norm.bias"]}
+    if "norm_pre.weight" in state:
+        out |= {"ln_pre.weight": state["norm_pre.weight"], "ln_pre.bias": state["norm_pre.bias"]}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "blocks":
+            continue
+        name, leaf = ".".join(parts[2:-1]), parts[-1]
+        if name not in TIMM_VIT_KEYS:
+            raise ValueError(f"timm ViT key {key!r} has no open_clip counterpart")
+        out[f"transformer.resblocks.{parts[1]}.{TIMM_VIT_KEYS[name]}.{leaf}"] = value
+        if name == "attn.qkv" and leaf == "weight" and f"blocks.{parts[1]}.attn.qkv.bias" not in state:
+            out[f"transformer.resblocks.{parts[1]}.attn.in_proj.bias"] = value.new_zeros(len(value))  # qkv_bias=False
+    return out
 
 
 def residual_branches(block: nn.Module) -> tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
@@ -300,18 +362,23 @@ def build_backbone(name: str, pretrained: str | None = None, image_size: int | N
     """
     cfg = _model_config(name)
     path, tag_cfg = _resolve_weights(name, pretrained) if pretrained else (None, {})
-    if image_size and "timm_model_name" not in cfg["vision_cfg"]:
-        cfg["vision_cfg"]["image_size"] = image_size
+    vision_cfg, embed_dim, stats = cfg["vision_cfg"], cfg["embed_dim"], _norm_stats(name, tag_cfg)
+    if image_size and "timm_model_name" not in vision_cfg:
+        vision_cfg["image_size"] = image_size
+    state = load_state_dict(path) if path is not None and "timm_model_name" not in vision_cfg else None
+    if state is not None and is_timm_vit(state):  # shape the tower like timm's ViT (module docstring)
+        vision_cfg |= {"no_ln_pre": "norm_pre.weight" not in state, "norm_kwargs": {"eps": 1e-6}}
+        embed_dim, stats = vision_cfg["width"], (TIMM_VIT_MEAN, TIMM_VIT_STD)
     quick_gelu = bool(cfg.get("quick_gelu") or tag_cfg.get("quick_gelu"))
-    visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=quick_gelu)
+    visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
     if image_size and isinstance(visual, TimmModel):
         visual.set_input_size(image_size)
-    backbone = Backbone(name, linearize_attention(visual), cfg["embed_dim"], *_norm_stats(name, tag_cfg))
+    backbone = Backbone(name, linearize_attention(visual), embed_dim, *stats)
     if path is None:
         logger.warning("%s: no pretrained weights given, backbone is RANDOMLY INITIALISED; "
                        "results will not match the papers", name)
     else:
-        backbone.load_weights(path)
+        backbone.load_weights(path) if state is None else backbone.load_state(state)
         logger.info("%s: loaded pretrained weights from %s", name, path)
     return backbone
 

@@ -16,6 +16,7 @@ import torch
 
 from fer_data.labels import IGNORE_INDEX, LABEL_SPACES, NUM_CLASSES
 from fer_data.loaders import make_loader
+from fer_models.augment import take_frames
 from fer_models.config import TrainConfig
 from fer_models.methods import Method
 from fer_models.metrics import TASK_METRICS, au_f1_baselines, confusion_matrix, summarize
@@ -56,7 +57,7 @@ def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, de
     for images, targets in loader:
         labels = {k: v.to(device) for k, v in targets.items() if torch.is_tensor(v)}
         with autocast:
-            outputs = model(images.to(device))
+            outputs = model(take_frames(images.to(device), cfg.frames))
             out = model.scores(outputs)
             loss_sum += float(model.loss(outputs, labels)[0]) * len(images)
         for t in tasks:
@@ -71,7 +72,7 @@ def evaluate(model: Method, urls: list[str], ids: set[str], cfg: TrainConfig, de
     metrics: dict[str, Any] = {"n_samples": len(sample_ids), "loss": loss_sum / max(1, len(sample_ids))}
     for t in tasks:
         if t in NUM_CLASSES:  # labels beyond the head (contempt for a 7-way head) are not scored
-            y_true[t] = np.where(y_true[t] >= NUM_CLASSES[t], IGNORE_INDEX, y_true[t])
+            y_true[t] = np.where(y_true[t] >= y_score[t].shape[1], IGNORE_INDEX, y_true[t])
         names = cfg.aus if t == "au" else None
         scored = summarize(t, y_true[t], y_score[t], threshold=0.0, au_names=names)
         if t == "au" and cfg.au_rates:  # the label-blind F1 a model has to beat
@@ -155,12 +156,13 @@ def write_report(result: EvalResult, out: Path, history: list[dict[str, Any]] | 
     for task, y in result.y_true.items():
         if task not in NUM_CLASSES:
             continue
-        names = list(LABEL_SPACES[task][: NUM_CLASSES[task]])
+        classes = result.y_score[task].shape[1]  # the head's width: 7 or 8 emotions
+        names = list(LABEL_SPACES[task][:classes])
         pred = result.y_score[task].argmax(axis=1)
         keep = y >= 0
         rows = ["actual,predicted"] + [f"{names[a]},{names[p]}" for a, p in zip(y[keep], pred[keep])]
         (plots / f"confusion_{task}.csv").write_text("\n".join(rows) + "\n")
-        _plot_confusion(confusion_matrix(y, pred, NUM_CLASSES[task]), names, pngs / f"confusion_{task}.png",
+        _plot_confusion(confusion_matrix(y, pred, classes), names, pngs / f"confusion_{task}.png",
                         result.title(task))
     if history:
         _plot_curves(history, pngs / "training_curves.png", f"training curves: {result.method} ({result.run})")

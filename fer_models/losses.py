@@ -102,8 +102,12 @@ class UncertaintyWeighting(nn.Module):
         """Current per-task weights exp(-s_i), detached, for logging."""
         return torch.exp(-self.log_vars.detach())
 
-    def forward(self, losses: Sequence[Tensor | None] | Mapping[int, Tensor | None]) -> Tensor:
-        """Weighted sum of the given scalar losses (a sequence in task order, or {task index: loss})."""
+    def forward(self, losses: Sequence[Tensor | None] | Mapping[int, Tensor | None],
+                present: Tensor | None = None) -> Tensor:
+        """Weighted sum of the given scalar losses (a sequence in task order, or {task index: loss}).
+        `present` [num_tasks] (0/1, on the device) says which tasks have labels in this batch: an absent
+        task's whole term, ``+ s_i`` included, is multiplied by 0, so its log-variance is not pulled down
+        by batches that cannot inform it (no host sync, unlike skipping it with an ``if``)."""
         if not isinstance(losses, Mapping) and len(losses) != self.log_vars.numel():
             raise ValueError(f"got {len(losses)} losses for {self.log_vars.numel()} tasks")
         items = losses.items() if isinstance(losses, Mapping) else enumerate(losses)
@@ -111,7 +115,8 @@ class UncertaintyWeighting(nn.Module):
         total = self.log_vars.sum() * 0  # graph-connected zero when every task is skipped
         for i, loss in pairs:
             s = self.log_vars[i]
-            total = total + torch.exp(-s) * loss + s
+            term = torch.exp(-s) * loss + s
+            total = total + (term if present is None else present[i] * term)
         return total
 
 

@@ -216,8 +216,8 @@ _NAMED_METRICS: dict[str, Callable[[Any, Any], float]] = {
 # What summarize() reports per task (the au entry also gets one f1_au<name> key per AU).
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "emotion": ("war", "uar", "macro_f1"),
-    "age_bin": ("accuracy",),
-    "gender": ("accuracy",),
+    "age_bin": ("accuracy", "balanced_accuracy"),
+    "gender": ("accuracy", "balanced_accuracy"),
     "age": ("mae",),
     "au": ("f1_mean",),
 }
@@ -238,7 +238,7 @@ def summarize(
 ) -> dict[str, float]:
     """The metrics a task reports, as a flat ``{name: float}`` dict ready for a logger.
 
-    emotion -> war, uar, macro_f1; age_bin / gender -> accuracy; age -> mae (years);
+    emotion -> war, uar, macro_f1; age_bin / gender -> accuracy, balanced_accuracy; age -> mae (years);
     au -> f1_mean plus one ``f1_au<name>`` per AU (names default to column indices; an AU whose
     F1 is undefined reports nan). Class tasks accept labels [N] or scores [N, K] (argmax taken);
     au takes scores compared with ``threshold``.
@@ -246,8 +246,9 @@ def summarize(
     if task == "emotion":
         pred = _as_labels(y_pred_or_score)
         return {"war": war(y_true, pred), "uar": uar(y_true, pred), "macro_f1": macro_f1(y_true, pred)}
-    if task in ("age_bin", "gender"):
-        return {"accuracy": war(y_true, _as_labels(y_pred_or_score))}
+    if task in ("age_bin", "gender"):  # balanced accuracy (mean per-class recall) is what the thesis reports
+        pred = _as_labels(y_pred_or_score)
+        return {"accuracy": war(y_true, pred), "balanced_accuracy": uar(y_true, pred)}
     if task == "age":
         return {"mae": age_mae(y_true, y_pred_or_score)}
     if task == "au":

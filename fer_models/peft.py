@@ -1,8 +1,9 @@
 """Parameter-efficient fine-tuning of a `Backbone`: LoRA, DoRA, LoRA+ (the `peft` library) and MTLoRA.
 
 Thesis setup: rank-64 adapters on every linear layer of the ViT (blocks, attention pooling,
-projection); DoRA with LoRA+ (B matrices at 6x the learning rate); MTLoRA = task-agnostic DoRA
-everywhere plus task-specific rank-64 LoRA in the last block and the attention pooling.
+projection); DoRA with LoRA+ (B matrices at 6x the learning rate: `dora_plus`, 8.47 % of PE-Core-L-14-336
+trainable with the heads); MTLoRA = task-agnostic DoRA everywhere plus task-specific rank-64 LoRA in the
+last block and the attention pooling, its B matrices at the same 6x.
 Adapters are injected in place (`peft.inject_adapter_in_model`), so the returned model keeps the
 `Backbone` interface; peft freezes every base weight.
 """
@@ -21,7 +22,8 @@ from torch import nn
 
 from fer_models.backbones import Backbone, count_parameters
 
-METHODS = ("lora", "dora", "lora_plus", "mtlora")
+METHODS = ("lora", "dora", "lora_plus", "dora_plus", "mtlora")
+DORA = ("dora", "dora_plus")  # LoRA+ is an optimizer setting (`lora_plus_param_groups`): *_plus differ in groups only
 
 
 def default_target_modules(backbone: Backbone) -> list[str]:
@@ -152,8 +154,8 @@ def apply_peft(
 ) -> nn.Module:
     """Freeze `backbone` and add adapters in place; returns the backbone (MTLoRA: an `MTLoRAModel` around it).
 
-    method: `lora`; `dora` (peft `use_dora`); `lora_plus` (LoRA adapters, train them with
-    `lora_plus_param_groups`); `mtlora` (shared adapters as DoRA when `shared_dora`, the thesis'
+    method: `lora`; `dora` (peft `use_dora`); `lora_plus` / `dora_plus` (LoRA / DoRA adapters, train them
+    with `lora_plus_param_groups`; dora_plus is the thesis' best model); `mtlora` (shared adapters as DoRA when `shared_dora`, the thesis'
     TA-DoRA, else LoRA as in the MTLoRA paper, plus per-task branches for `tasks` in the last
     `task_blocks` blocks and pooling). `alpha` defaults to `rank` (scale 1). `target_modules`
     defaults to every linear layer (`default_target_modules`); `tasks` is used by mtlora only.
@@ -166,7 +168,7 @@ def apply_peft(
     else:
         targets = list(target_modules or default_target_modules(backbone))
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        use_dora=method == "dora" or (method == "mtlora" and shared_dora))
+                        use_dora=method in DORA or (method == "mtlora" and shared_dora))
     inject_adapter_in_model(config, backbone)
     if method == "mtlora":
         return MTLoRAModel(backbone, tasks, rank, alpha, dropout, task_blocks)

@@ -14,14 +14,18 @@ Builder = TypeVar("Builder", bound=Callable[..., Any])  # TrainConfig -> Method
 
 METHODS: dict[str, Callable[..., Any]] = {}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
-MODULES = ("multitask", "cafe", "auformer", "pe_clip", "mae", "pf_vit")
+PROTOCOLS: dict[str, str] = {}  # how each method's paper evaluates (text for `fer recipe` and the docs)
+MODULES = ("multitask", "cafe", "auformer", "pe_clip", "mae", "mae_vit", "pf_vit")
 
 
-def register(name: str, **defaults: Any) -> Callable[[Builder], Builder]:
-    """Register a builder; `defaults` are the paper's settings, applied under params.yaml and --set."""
+def register(name: str, protocol: str = "", **defaults: Any) -> Callable[[Builder], Builder]:
+    """Register a builder with its paper recipe: `defaults` are the paper's TrainConfig settings (applied
+    under params.yaml and --set; `fer train --recipe paper` keeps them whole), `protocol` how the paper
+    evaluates."""
     def wrap(builder: Builder) -> Builder:
         METHODS[name] = builder
         METHOD_DEFAULTS[name] = defaults
+        PROTOCOLS[name] = protocol
         return builder
 
     return wrap
@@ -43,3 +47,8 @@ def method_defaults(name: str) -> dict[str, Any]:
 def builder(name: str) -> Callable[..., Any]:
     require(name)
     return METHODS[name]
+
+
+def protocol(name: str) -> str:
+    require(name)
+    return PROTOCOLS[name]

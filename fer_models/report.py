@@ -91,14 +91,24 @@ def _stats(values: Sequence[Any]) -> tuple[float | None, float | None]:
     return (float(np.mean(known)), float(np.std(known))) if known else (None, None)
 
 
-def results_table(runs: Path, cross_dataset: Path | None = None) -> str:
+def read_cross(paths: Path | Sequence[Path] | None) -> dict[str, dict[str, Any]]:
+    """The cross-dataset JSONs that exist (evaluate, cafe_cross, thesis stages), merged: {table: {run: {test set: v}}}."""
+    merged: dict[str, dict[str, Any]] = {}
+    for path in [paths] if isinstance(paths, Path) else paths or []:
+        if path.is_file():
+            for table, rows in json.loads(path.read_text()).items():
+                merged.setdefault(table, {}).update(rows)
+    return merged
+
+
+def results_table(runs: Path, cross_dataset: Path | Sequence[Path] | None = None) -> str:
     """The markdown block: one row per experiment on its own test selection (k-fold: the mean over
     folds, and a row with the std below it), then one row per test set of the cross-dataset
     evaluation, if its JSON is given; then a legend and the AU baselines."""
     groups = group_folds(find_runs(runs))
     if not groups:
         raise FileNotFoundError(f"no finished runs under {runs} (a folder with metrics.json and config.json)")
-    cross = json.loads(cross_dataset.read_text()) if cross_dataset and cross_dataset.is_file() else {}
+    cross = read_cross(cross_dataset)
     keys = [k for k in COLUMNS if any(k in r.metrics for members in groups.values() for r in members)]
     rows: list[dict[str, str]] = []
     notes = []
@@ -112,9 +122,12 @@ def results_table(runs: Path, cross_dataset: Path | None = None) -> str:
         if len(members) > 1:
             rows.append({"run": f"± std over {len(members)} folds", "test data": "", "n": "",
                          **{COLUMNS[k]: number(stats[k][1]) for k in keys}})
-        by_metric = {m: cross.get(m, {}).get(Path(name).name, {}) for m in ("uar", "war")}  # keyed by folder name
-        for dataset in sorted(set(by_metric["uar"]) - {"mean"}):
-            scores = {f"emotion/{m}": by_metric[m].get(dataset) for m in by_metric}
+        # keyed by folder name; emotion's tables are "uar"/"war", another task's accuracy is its "<task>/war"
+        tables = {"emotion/uar": "uar", "emotion/war": "war", "age_bin/accuracy": "age_bin/war",
+                  "gender/accuracy": "gender/war"}
+        by_metric = {k: cross.get(t, {}).get(Path(name).name, {}) for k, t in tables.items()}
+        for dataset in sorted(set().union(*by_metric.values()) - {"mean"}):
+            scores = {k: by_metric[k].get(dataset) for k in by_metric}
             rows.append({"run": label, "test data": dataset, "n": MISSING,
                          **{COLUMNS[k]: number(scores.get(k)) for k in keys}})
         found = [f"{what} {number(stats[k][0])}" for k, what in BASELINES.items() if stats[k][0] is not None]

@@ -1,5 +1,7 @@
-"""One trainer for every method: shards selected by SQL, AdamW with warm-up + cosine, gradient
-accumulation, bf16 autocast on GPU (fp32 on CPU), checkpoint/resume, dvclive, early stopping.
+"""One trainer for every method: shards selected by SQL, the recipe's optimizer over the method's named
+parameter groups, warm-up then its LR schedule, augmentation and mixing of training batches on the
+device (fer_models.augment), gradient accumulation, bf16 autocast on GPU (fp32 on CPU),
+checkpoint/resume, dvclive, early stopping.
 
 Every epoch reseeds from (seed, epoch), and its loader shuffles with the same pair, so a run
 resumed from an epoch checkpoint continues exactly as the uninterrupted run would have.
@@ -34,7 +36,8 @@ from torch import nn
 
 from fer_data.catalog import QueryError
 from fer_data.loaders import au_rates, make_loader, select
-from fer_models.config import EXECUTION_ONLY, TrainConfig, config_digest
+from fer_models.augment import augment, mix, permuted, take_frames
+from fer_models.config import AUGMENT_OPS, EXECUTION_ONLY, TrainConfig, config_digest
 from fer_models.evaluate import evaluate, write_report
 from fer_models.methods import Method, build_method
 
@@ -117,14 +120,98 @@ def load_run(run: str | Path, device: torch.device | None = None) -> tuple[Train
     return cfg, model
 
 
-def cosine_with_warmup(total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
+def optimizer_groups(model: Method, cfg: TrainConfig) -> list[dict]:
+    """The method's named parameter groups as the optimizer gets them: empty groups dropped, weight decay
+    filled in from cfg, every LR scaled by batch / lr_reference_batch when that is set. A parameter in two
+    groups, or a trainable one in none (the adversary's aside), is an error: it would train twice or never."""
+    scale = cfg.batch_size * cfg.grad_accum / cfg.lr_reference_batch if cfg.lr_reference_batch else 1.0
+    groups = [g for g in model.param_groups(cfg) if g["params"]]
+    owner: dict[int, str] = {}
+    for i, group in enumerate(groups):
+        group.setdefault("name", f"group{i}")
+        for p in group["params"]:
+            if id(p) in owner:
+                raise ValueError(f"{cfg.method}: a parameter is in groups {owner[id(p)]!r} and {group['name']!r}")
+            owner[id(p)] = group["name"]
+    adversary = {id(p) for g in model.adversary_param_groups(cfg) for p in g["params"]}
+    left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owner and id(p) not in adversary]
+    if left:
+        raise ValueError(f"{cfg.method}: trainable parameters in no optimizer group: {left[:5]}")
+    return [{**g, "params": list(g["params"]), "lr": g["lr"] * scale,
+             "weight_decay": g.get("weight_decay", cfg.weight_decay)} for g in groups]
+
+
+def build_optimizer(model: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """cfg.optimizer over `optimizer_groups`: what training steps and what `fer recipe` reports."""
+    groups = optimizer_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def describe_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """name, n_params, lr (before any schedule) and weight_decay of each optimizer group."""
+    return [{"name": g.get("name", f"group{i}"), "n_params": sum(p.numel() for p in g["params"]),
+             "lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"]}
+            for i, g in enumerate(optimizer.param_groups)]
+
+
+def recipe(cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved recipe of `cfg` as training uses it: settings, and the optimizer groups and heads of the
+    method built from it (random weights, seeded as training builds it)."""
+    from fer_models.backbones import count_parameters
+    from fer_models.registry import protocol
+
+    model = build_seeded(cfg)
+    trainable, total = count_parameters(model)
+    optimizer = {"name": cfg.optimizer, **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {"betas": cfg.betas})}
+    knobs = {"exponential": {"lr_gamma": cfg.lr_gamma},
+             "plateau": {"plateau_factor": cfg.plateau_factor, "plateau_patience": cfg.plateau_patience}}
+    warmup = {"epochs": cfg.warmup_epochs} if cfg.warmup_epochs is not None else {"fraction": cfg.warmup_fraction}
+    op_knobs = {"crop": ["crop_scale"], "scale": ["scale_range"], "rotate": ["rotate_degrees"], "flip": ["flip_p"],
+                "erase": ["erase_p", "erase_scale"], "noise": ["noise_std", "noise_p"]}
+    augment = {"ops": [op for op in AUGMENT_OPS if op in cfg.augment],
+               **{k: getattr(cfg, k) for op in cfg.augment for k in op_knobs[op]},
+               "mixup": cfg.mixup, "fmix": cfg.fmix,
+               **({"fmix_decay": cfg.fmix_decay} if cfg.fmix else {}), **({"mix_prob": cfg.mix_prob} if cfg.mixup or cfg.fmix else {})}
+    adversary = model.adversary_param_groups(cfg)
+    return {
+        "method": cfg.method, "backbone": cfg.backbone, "pretrained": cfg.pretrained, "image_size": cfg.image_size,
+        "frames": cfg.frames, "tasks": model.tasks, "heads": model.head_outputs(cfg), "emotion_classes": cfg.emotion_classes,
+        "optimizer": optimizer, "lr": cfg.lr, "lr_reference_batch": cfg.lr_reference_batch,
+        "weight_decay": cfg.weight_decay, "schedule": {"name": cfg.schedule, **knobs.get(cfg.schedule, {})},
+        "warmup": warmup, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+        "grad_clip": cfg.grad_clip, "augment": augment,
+        "param_groups": describe_groups(build_optimizer(model, cfg)),
+        **({"adversary_groups": [{"name": g.get("name", f"group{i}"), "n_params": sum(p.numel() for p in g["params"]),
+                                  "lr": g["lr"]} for i, g in enumerate(adversary)]} if adversary else {}),
+        "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
+        "protocol": protocol(cfg.method),
+    }
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    if cfg.warmup_epochs is not None:
+        return round(cfg.warmup_epochs * steps_per_epoch)
+    return max(1, int(steps_per_epoch * cfg.epochs * cfg.warmup_fraction))
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int, plateau: dict[str, float]):
+    """step -> LR multiplier: linear warm-up, then cfg.schedule (per step; exponential per epoch;
+    plateau reads plateau["scale"], which the trainer lowers after each epoch without improvement)."""
+    total, warmup = steps_per_epoch * cfg.epochs, warmup_steps(cfg, steps_per_epoch)
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        warm = (step + 1) / warmup if step < warmup else 1.0
+        if cfg.schedule == "cosine":
+            progress = max(0, step - warmup) / max(1, total - warmup)
+            return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule == "exponential":
+            return warm * cfg.lr_gamma ** (step // steps_per_epoch)
+        if cfg.schedule == "plateau":
+            return warm * plateau["scale"]
+        return warm
 
     return factor
 
@@ -258,12 +345,12 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
     model = build_seeded(cfg).to(device)
     epoch_samples = cfg.epoch_samples or len(data["train"].ids)
     steps_per_epoch = math.ceil(math.ceil(epoch_samples / cfg.batch_size) / cfg.grad_accum)
-    optimizer = torch.optim.AdamW(model.param_groups(cfg), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(steps_per_epoch * cfg.epochs, cfg.warmup_fraction))
+    optimizer = build_optimizer(model, cfg)
+    plateau = {"scale": 1.0}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, plateau))
     adversary = model.adversary_param_groups(cfg)
     adversary_opt = torch.optim.AdamW(adversary, weight_decay=cfg.weight_decay) if adversary else None
-    state = {"epoch": 0, "best": -math.inf, "stale": 0, "history": []}
+    state = {"epoch": 0, "best": -math.inf, "stale": 0, "history": [], "lr_scale": 1.0, "plateau_wait": 0}
     speed = []  # images/s per epoch (SPEED)
     if ckpt is not None:
         load_state(model, ckpt["model"])
@@ -271,7 +358,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
         scheduler.load_state_dict(ckpt["scheduler"])
         if adversary_opt:
             adversary_opt.load_state_dict(ckpt["adversary_optimizer"])
-        state = ckpt["state"]
+        state = {"lr_scale": 1.0, "plateau_wait": 0, **ckpt["state"]}
+        plateau["scale"] = state["lr_scale"]
         speed = json.loads((out / SPEED).read_text()) if (out / SPEED).exists() else []
         log.warning("resuming %s from epoch %d of %d (same configuration, %s)", out, state["epoch"], cfg.epochs,
                     cfg.digest()[:8])
@@ -293,13 +381,23 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
             n_batches, n_images, started = 0, 0, time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             for i, (images, targets) in enumerate(loader):
-                images = images.to(device, non_blocking=True)
+                images = take_frames(images.to(device, non_blocking=True), cfg.frames)
                 targets = {k: v.to(device) for k, v in targets.items() if torch.is_tensor(v)}
+                if cfg.augment:
+                    images = augment(images, cfg)
+                mixed = mix(images, cfg)
                 with autocast:
-                    outputs = model(images)
+                    outputs = model(images if mixed is None else mixed[0])
                     loss, parts = model.loss(outputs, targets)
+                    if mixed is not None:  # soft targets: lam on each sample's label, 1 - lam on its partner's
+                        _, perm, lam = mixed
+                        partner, partner_parts = model.loss(outputs, permuted(targets, perm))
+                        loss = lam * loss + (1 - lam) * partner
+                        parts = {k: lam * v + (1 - lam) * partner_parts.get(k, v) for k, v in parts.items()}
                 (loss / cfg.grad_accum).backward()
                 if (i + 1) % cfg.grad_accum == 0:
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -314,7 +412,12 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
                     totals[k] = totals.get(k, 0.0) + v
                 n_batches += 1
                 n_images += len(images)
+            if not n_batches:  # the train loader drops a last partial batch
+                raise ValueError(f"no full training batch: fewer than batch_size={cfg.batch_size} samples match "
+                                 f"{cfg.train_where!r}; lower batch_size")
             if n_batches % cfg.grad_accum:
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -332,6 +435,13 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
             live.next_step()
             improved = score > state["best"]
             state.update(epoch=epoch + 1, best=max(score, state["best"]), stale=0 if improved else state["stale"] + 1)
+            if cfg.schedule == "plateau":  # ReduceLROnPlateau's rule, on the number best.pt follows
+                state["plateau_wait"] = 0 if improved else state["plateau_wait"] + 1
+                if state["plateau_wait"] >= cfg.plateau_patience:
+                    state.update(lr_scale=state["lr_scale"] * cfg.plateau_factor, plateau_wait=0)
+                    plateau["scale"] = state["lr_scale"]
+                    log.info("epoch %d: LR x %g after %d epochs without improvement", epoch + 1,
+                             cfg.plateau_factor, cfg.plateau_patience)
             state["history"].append({"epoch": epoch + 1, **logs})
             if improved:
                 torch.save(saved_state(model), out / BEST)

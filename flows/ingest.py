@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fer_data import catalog
 from fer_data.datasets import get_adapter
-from fer_data.ingest import Chunk, IngestJob, IngestResult, Processed, drive, process_chunk, start
+from fer_data.ingest import Chunk, IngestJob, IngestResult, Processed, accounting, drive, process_chunk, start
 from fer_data.settings import SPEED_ONLY, Settings
 from fer_data.shards import fingerprint
 from flows.runners import run_logs, task_runner
@@ -61,7 +61,7 @@ def summary_markdown(result: IngestResult, job: IngestJob) -> str:
                             [result.dataset])
     return "\n\n".join([
         f"# ingest {result.dataset}",
-        f"**{result.rows_read} rows read = {result.n_samples} samples + {result.n_rejects} rejects**",
+        f"**{accounting(result.rows_read, result.n_samples, result.n_rejects)}**",
         f"raw root `{job.raw_root}` → catalog `{result.catalog}`, shards `{job.shard_dir}`",
         "## task coverage", coverage.to_markdown(index=False) if len(coverage) else "(none)",
         "## class balance", balance.to_markdown(index=False) if len(balance) else "(none)",

@@ -19,7 +19,8 @@ from prefect import flow, get_run_logger, serve
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 STAGES = {"preprocess": ["sample_data", "ingest", "catalog"],
-          "train": ["train", "cafe", "evaluate", "auformer_folds", "pe_clip_folds", "mae_pretrain", "pf_vit"]}
+          "train": ["train", "cafe", "cafe_cross", "evaluate", "thesis", "thesis_eval", "auformer_folds", "pe_clip_folds",
+                    "mae_pretrain", "pf_vit", "mae_vit"]}
 
 
 def _dvc(args: list[str]) -> str:

@@ -55,7 +55,7 @@ def test_every_adapter_tensor_gets_gradient(name: str, method: str) -> None:
     loss_of(model, images()).backward()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert any("lora_magnitude_vector" in n for n in trainable) == (method in ("dora", "mtlora"))  # mtlora: TA-DoRA
+    assert any("lora_magnitude_vector" in n for n in trainable) == (method in ("dora", "dora_plus", "mtlora"))  # TA-DoRA
     attention = {n.split(".attn.")[1].split(".")[0] for n in trainable if ".attn." in n}
     assert attention == ({"qkv", "proj"} if "pe-core" in name else {"in_proj", "out_proj"})
     dead = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]

@@ -57,7 +57,10 @@ def image_rows() -> DatasetRows:
 def clip_rows() -> DatasetRows:
     samples = [sample(f"d{i}", "dfew", kind="clip", n_frames=16, fps=25.0, emotion=i % 7,
                       extra={"fold": i % 5 + 1}, **(FACE if i % 2 else {})) for i in range(5)]
-    return DatasetRows("dfew", "raw/dfew", 5, {"segments": 16}, [{"samples": samples}])
+    frames = [{"sample_id": f"d{i}", "t": t, "frame": 2 * t, "face_box": FACE["face_box"] if i % 2 else None,
+               "landmarks": FACE["landmarks"] if i % 2 else None, "score": 0.9 if i % 2 and t else None,
+               "interpolated": bool(t) if i % 2 else None} for i in range(5) for t in range(2)]
+    return DatasetRows("dfew", "raw/dfew", 5, {"segments": 16}, [{"samples": samples, "clip_frames": frames}])
 
 
 def au_rows() -> DatasetRows:

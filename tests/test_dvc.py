@@ -69,13 +69,13 @@ class _Stop(Exception):
     """Raised in place of loading a config: the test needs only what the CLI would load."""
 
 
-def load_call(cmd: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str], list[str]]:
+def load_call(cmd: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str], list[str], str]:
     """The arguments a `fer train ...` command line gives TrainConfig.load, found by running the CLI
-    itself on it (so the test follows the CLI's own order of params sections and --set)."""
+    itself on it (so the test follows the CLI's own order of params sections, --set and --recipe)."""
     calls = []
 
-    def record(cls, params=None, sections=("train",), overrides=None):  # noqa: ANN001 - TrainConfig.load's
-        calls.append((params, list(sections), list(overrides or [])))
+    def record(cls, params=None, sections=("train",), overrides=None, recipe="params"):  # noqa: ANN001 - load's
+        calls.append((params, list(sections), list(overrides or []), recipe))
         raise _Stop
 
     with monkeypatch.context() as patch:
@@ -85,7 +85,8 @@ def load_call(cmd: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]
     return calls[0]
 
 
-def contributing_params(params: Path, sections: list[str], overrides: list[str], scratch: Path) -> list[str]:
+def contributing_params(params: Path, sections: list[str], overrides: list[str], scratch: Path,
+                        recipe: str = "params") -> list[str]:
     """The params.yaml keys whose value reaches the config. Every key of the sections read gets a
     value naming it, and the loaded config shows which of them arrived; a loader that checks types
     rejects such values, so then each key is changed alone and compared (slower)."""
@@ -96,18 +97,18 @@ def contributing_params(params: Path, sections: list[str], overrides: list[str],
             probe[section][key] = f"<{section}.{key}>"
     scratch.write_text(yaml.safe_dump(probe))
     try:
-        loaded = TrainConfig.load(scratch, sections, overrides).to_dict().values()
+        loaded = TrainConfig.load(scratch, sections, overrides, recipe).to_dict().values()
         return sorted(v[1:-1] for v in loaded if isinstance(v, str) and v.startswith("<") and v.endswith(">"))
     except (TypeError, ValueError):
         pass
-    base, found = TrainConfig.load(params, sections, overrides), []
+    base, found = TrainConfig.load(params, sections, overrides, recipe), []
     for section in sections:
         for key in tree.get(section) or {}:
             one = copy.deepcopy(tree)
             one[section][key] = "<changed>"
             scratch.write_text(yaml.safe_dump(one))
             try:
-                changed = TrainConfig.load(scratch, sections, overrides) != base
+                changed = TrainConfig.load(scratch, sections, overrides, recipe) != base
             except (TypeError, ValueError):  # rejected: it was read
                 changed = True
             if changed:
@@ -118,13 +119,13 @@ def contributing_params(params: Path, sections: list[str], overrides: list[str],
 def test_every_training_stage_depends_on_exactly_the_params_its_config_reads(
         repo: Path, stages: dict[str, Stage], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     training = {name: s for name, s in stages.items() if s.cmd.startswith("fer train ")}
-    assert {"train@lp", "train@lora", "cafe", "auformer@1", "pe_clip@1", "pe_clip_ferv39k", "mae_pretrain",
-            "pf_vit"} <= set(training)
+    assert {"train@lp", "train@lora", "thesis", "cafe@rafdb", "auformer@1", "pe_clip@1",
+            "pe_clip_ferv39k", "mae_pretrain", "pf_vit"} <= set(training)
     wrong = {}
     for name, stage in training.items():
-        params, sections, overrides = load_call(stage.cmd, monkeypatch)
+        params, sections, overrides, recipe = load_call(stage.cmd, monkeypatch)
         params = repo / params  # the CLI's params path is relative to the project root, where DVC runs it
-        expected = contributing_params(params, sections, overrides, tmp_path / "probe.yaml")
+        expected = contributing_params(params, sections, overrides, tmp_path / "probe.yaml", recipe)
         if stage.params != expected:
             wrong[name] = {"listed, not read": sorted(set(stage.params) - set(expected)),
                            "read, not listed": sorted(set(expected) - set(stage.params))}
@@ -133,7 +134,23 @@ def test_every_training_stage_depends_on_exactly_the_params_its_config_reads(
 
 def test_changing_train_lr_reaches_only_the_stages_that_keep_it(stages: dict[str, Stage]) -> None:
     """The issue's case: methods whose own section sets `lr` do not re-run when `train.lr` changes."""
-    assert sorted(name for name, s in stages.items() if "train.lr" in s.params) == ["train@lora", "train@lp"]
+    assert sorted(name for name, s in stages.items() if "train.lr" in s.params) == ["thesis", "train@lora", "train@lp"]
+
+
+def test_protocol_stages_score_the_papers_test_sets(stages: dict[str, Stage]) -> None:
+    """CAFE: a run per source (params.yaml cafe_sources), each tested on the five sets; the thesis: its
+    four test sets, three tasks."""
+    sources = yaml.safe_load((ROOT / "params.yaml").read_text())["cafe_sources"]
+    cross = shlex.split(stages["cafe_cross"].cmd)
+    assert cross[2:cross.index("--datasets")] == [f"runs/cafe/{s}" for s in sources]
+    assert [f"runs/cafe/{s}/best.pt" for s in sources] == [d for d in stages["cafe_cross"].deps if d.startswith("runs/")]
+    for source in sources:
+        cmd = stages[f"cafe@{source}"].cmd
+        assert f"train_where=dataset = '{source}' AND split = 'train'" in cmd and f"out=runs/cafe/{source}" in cmd
+    assert cross[cross.index("--datasets") + 1] == "rafdb,ferplus,affectnet,sfew,mma"
+    thesis = shlex.split(stages["thesis_eval"].cmd)
+    assert thesis[thesis.index("--datasets") + 1] == "vggface2,utkface:all,fairface:val,rafdb"
+    assert thesis[thesis.index("--tasks") + 1] == "emotion,age_bin,gender"
 
 
 def test_training_commands_overwrite_their_run_folder(stages: dict[str, Stage]) -> None:

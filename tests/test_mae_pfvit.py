@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ import torch
 
 from fer_models.backbones import count_parameters
 from fer_models.config import TrainConfig
+from fer_models.face_recognition import load_face_recognizer, orthogonality_loss
 from fer_models.methods.mae import Mae, patch_normalise, patchify, random_masking, unpatchify
+from fer_models.methods.mae_vit import MaeVit
 from fer_models.methods.pf_vit import PfVit, discriminator_loss
 from fer_models.registry import METHOD_DEFAULTS
-from fer_models.train import BEST, load_state, saved_state
+from fer_models.train import BEST, build_optimizer, load_state, saved_state
 
 N_PATCHES = 16
 
@@ -101,7 +104,7 @@ def test_mae_loss_falls_on_a_fixed_batch() -> None:
 def test_mae_optimiser_groups_and_checkpoint_keep_everything() -> None:
     model = Mae(mae_cfg())
     decay, plain = model.param_groups(mae_cfg())
-    assert plain["weight_decay"] == 0.0 and decay["betas"] == (0.9, 0.95)
+    assert plain["weight_decay"] == 0.0 and (decay["name"], plain["name"]) == ("decay", "no_decay")
     grouped = {id(p) for g in (decay, plain) for p in g["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert grouped == trainable
@@ -114,6 +117,45 @@ def test_registered_paper_defaults() -> None:
     assert METHOD_DEFAULTS["mae"]["tasks"] == [] and METHOD_DEFAULTS["mae"]["backbone"] == "mae-vit-base-16"
     assert METHOD_DEFAULTS["pf_vit"]["tasks"] == ["emotion"] and METHOD_DEFAULTS["pf_vit"]["lr"] == 2e-5
     assert TrainConfig().mae_mask_ratio == 0.75
+
+
+def test_mae_base_lr_scales_with_the_batch_as_mae_does() -> None:
+    cfg = TrainConfig.load(overrides=["method=mae", "backbone=mae-test", "batch_size=64", "grad_accum=2"])
+    assert (cfg.lr, cfg.lr_reference_batch, cfg.betas) == (1.5e-4, 256, [0.9, 0.95])
+    optimizer = build_optimizer(Mae(cfg), cfg)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1.5e-4 * 128 / 256] * 2)
+    assert optimizer.defaults["betas"] == (0.9, 0.95)
+
+
+@pytest.mark.parametrize("method", ["pf_vit", "mae_vit"])
+def test_plateau_recipes_of_the_fine_tunes(method: str) -> None:
+    cfg = TrainConfig.load(overrides=[f"method={method}"])  # the paper recipe: nothing in a params file
+    assert (cfg.optimizer, cfg.batch_size, cfg.epochs) == ("adam", 32, 100)
+    assert (cfg.schedule, cfg.plateau_patience, cfg.plateau_factor) == ("plateau", 30, 0.1)
+    assert cfg.augment == ["scale", "flip"]
+    assert cfg.lr == (2e-5 if method == "pf_vit" else 1e-4)
+
+
+def test_mae_vit_baseline_is_the_encoder_and_a_linear_head(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    cfg = mae_cfg(out=str(tmp_path / "mae"))
+    mae = Mae(cfg)
+    Path(cfg.out).mkdir()
+    torch.save(saved_state(mae), Path(cfg.out) / BEST)
+    (Path(cfg.out) / "config.json").write_text(json.dumps(cfg.to_dict()))
+    torch.manual_seed(2)
+    vit_cfg = TrainConfig(method="mae_vit", backbone="mae-test", pretrained=cfg.out, lr=1e-3)
+    model = MaeVit(vit_cfg)
+    assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in mae.encoder.state_dict().items())
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"encoder", "classifier"}
+    images, targets = faces(), {"emotion": torch.tensor([0, 1, 2, 3])}
+    optimizer = torch.optim.Adam(model.param_groups(vit_cfg))
+    first = model.loss(model(images), targets)[0].item()
+    for _ in range(10):
+        optimizer.zero_grad()
+        model.loss(model(images), targets)[0].backward()
+        optimizer.step()
+    assert model.loss(model(images), targets)[0].item() < first
 
 
 def test_separator_parts_sum_to_tokens() -> None:
@@ -284,3 +326,84 @@ def test_paper_sizes_parameter_counts() -> None:
     assert 5.4e6 < count_parameters(tiny.encoder)[1] < 5.7e6  # paper: ViT-T with 5.6M parameters
     assert 85e6 < count_parameters(base.encoder)[1] < 87e6  # ViT-B/16 without a head
     assert tiny.encoder.patch_embed.num_patches == base.encoder.patch_embed.num_patches == 196
+
+
+@pytest.fixture(scope="module")
+def face_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random face-recognition CNN saved as ONNX, the format the real ones come in."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.BatchNorm2d(8), torch.nn.PReLU(8),
+                              torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(64, 12)).eval()
+    path = tmp_path_factory.mktemp("fr") / "face.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter (no onnxscript graph needed) is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (torch.zeros(1, 3, 24, 24),), str(path), input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}}, opset_version=13, dynamo=False)
+    return path
+
+
+def test_orthogonality_loss_is_zero_for_orthogonal_features_only() -> None:
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert orthogonality_loss(a, torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, -1.0]])).item() == 0.0
+    assert orthogonality_loss(a, torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])).item() == pytest.approx(
+        (2 ** -0.5 + 1) / 2)
+    assert orthogonality_loss(a, -a).item() == pytest.approx(1.0)  # anti-parallel is not orthogonal either
+
+
+def test_face_recognizer_is_frozen_and_stays_in_eval(face_model: Path) -> None:
+    fr = load_face_recognizer(face_model)
+    assert fr.input_size == 24 and count_parameters(fr)[0] == 0
+    fr.train()
+    assert not any(m.training for m in fr.modules())
+    x = torch.rand(3, 3, 32, 32, requires_grad=True)
+    fr(x).sum().backward()
+    assert x.grad.abs().sum() > 0  # gradients pass through to the images
+    with pytest.raises(ValueError, match="not found"):
+        load_face_recognizer(face_model.parent / "missing.onnx")
+    (face_model.parent / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        load_face_recognizer(face_model.parent / "junk.onnx")
+
+
+def test_orthogonality_gradient_reaches_generator_not_the_frozen_network(face_model: Path) -> None:
+    torch.manual_seed(0)
+    model = PfVit(pf_cfg(pf_vit_face_model=str(face_model), pf_vit_rec_weight=0.0, pf_vit_adv_weight=0.0))
+    assert not PfVit(pf_cfg()).backbone  # without a file: no orthogonality term
+    outputs = model(faces())
+    assert outputs["id_emotion"].shape == outputs["id_poker"].shape == (4, 12)
+    targets = {"emotion": torch.full((4,), -100)}  # no labels: the orthogonality term alone moves weights
+    loss, parts = model.loss(outputs, targets)
+    assert parts["loss_orth"] > 0
+    loss.backward()
+    assert model.generator.decoder.pred.weight.grad.abs().sum() > 0
+    assert model.separator.adapter[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    assert not any(k.startswith("backbone.") for k in saved_state(model))  # checkpoints leave it out
+    assert {id(p) for g in model.param_groups(pf_cfg()) for p in g["params"]}.isdisjoint(
+        id(p) for p in model.backbone.parameters())
+
+
+def test_magnitude_balancing_divides_each_term_by_its_running_mean() -> None:
+    model = PfVit(pf_cfg(pf_vit_adv_weight=2.0))
+    big, small = torch.tensor(100.0, requires_grad=True), torch.tensor(0.01, requires_grad=True)
+    total = model._total({"ce": small, "rec": big, "adv": big})
+    assert total.item() == pytest.approx(1 + 1 + 2)  # first step: each term over itself, times its weight
+    total.backward()
+    assert big.grad.item() == pytest.approx(3 / 100) and small.grad.item() == pytest.approx(1 / 0.01)
+    model._total({"ce": small, "rec": 2 * big, "adv": big})
+    assert model.loss_means[1].item() == pytest.approx(0.99 * 100 + 0.01 * 200)  # the running mean moves slowly
+    fixed = PfVit(pf_cfg(pf_vit_balance="fixed", pf_vit_adv_weight=2.0))
+    assert fixed._total({"ce": small, "rec": big, "adv": big}).item() == pytest.approx(0.01 + 100 + 200)
+    with pytest.raises(ValueError, match="pf_vit_balance"):
+        TrainConfig.load(overrides=["method=pf_vit", "pf_vit_balance=loud"])
+
+
+def test_eight_class_heads_keep_contempt() -> None:
+    model = PfVit(pf_cfg(emotion_classes=8))
+    assert model.classifier.out_features == 8 and model.discriminator.head.out_features == 9
+    out = model(faces())
+    assert out["emotion"].shape == (4, 8) and out["d_fake"].shape == (8, 9)
+    _, parts = model.loss(out, {"emotion": torch.tensor([7, 7, 7, 7])})
+    assert parts["loss_ce"] > 0  # contempt is a class, not an ignored label
+    assert MaeVit(TrainConfig(method="mae_vit", backbone="mae-test", emotion_classes=8)).classifier.out_features == 8

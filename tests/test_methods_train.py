@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import write_image
+from fer_cli.main import app
 from fer_data.ingest import ingest
 from fer_data.loaders import au_rates, select
 from fer_data.samples.video import write_video_samples
@@ -48,7 +50,7 @@ def test_auformer_fold_run_reads_rates_from_the_catalog(catalog_path: Path, tmp_
     metrics = train(cfg)
     saved = json.loads((tmp_path / "config.json").read_text())
     rates = au_rates(catalog_path, where, saved["aus"], fold=2)
-    assert saved["aus"] == [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]  # the paper's BP4D set, not all coded AUs
+    assert saved["aus"] == sorted(au_rates(catalog_path, where, fold=2))  # the training selection's AUs (issue 18)
     assert saved["au_rates"] == [pytest.approx(rates[au]) for au in saved["aus"]]
     _, held_out = select(catalog_path, "dataset = 'bp4d' AND split = 'test'", fold=2)
     assert metrics["n_samples"] == len(held_out) and 0.0 <= metrics["au/f1_mean"] <= 1.0
@@ -57,6 +59,11 @@ def test_auformer_fold_run_reads_rates_from_the_catalog(catalog_path: Path, tmp_
     assert (tmp_path / "plots" / "png" / "au_f1.png").stat().st_size > 0
     _, model = load_run(tmp_path)  # rebuilds with the saved AU list and rates, loads the adapters
     assert model.tasks == ["au"]
+    # `fer evaluate RUN` scores the run's own held-out fold (not bp4d's plain test split), as training did
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["n_samples"] == len(held_out) and evaluated == metrics
 
 
 def test_pe_clip_trains_on_clips_of_one_fold(catalog_path: Path, tmp_path: Path) -> None:

@@ -149,8 +149,10 @@ def test_summarize_per_task():
     # scores [N, K] are argmaxed
     scores = np.eye(3)[Y_PRED]
     assert M.summarize("emotion", Y_TRUE, scores) == emo
-    assert M.summarize("gender", [0, 1, -100], [0, 0, 1]) == {"accuracy": 0.5}
-    assert M.summarize("age_bin", [8, 3], [8, 3]) == {"accuracy": 1.0}
+    assert M.summarize("gender", [0, 1, -100], [0, 0, 1]) == {"accuracy": 0.5, "balanced_accuracy": 0.5}
+    assert M.summarize("age_bin", [8, 3], [8, 3]) == {"accuracy": 1.0, "balanced_accuracy": 1.0}
+    # the thesis' balanced accuracy: mean recall per class, so the majority class cannot carry it
+    assert M.summarize("gender", [0, 0, 0, 1], [0, 0, 0, 0]) == {"accuracy": 0.75, "balanced_accuracy": 0.5}
     au = M.summarize("au", np.array([[1, 0], [0, 1]]), np.array([[0.9, 0.6], [0.1, 0.2]]), au_names=[1, 12])
     # AU1 perfect -> 1 ; AU12: tp0 fp1 fn1 -> 0
     assert au == {"f1_mean": 0.5, "f1_au1": 1.0, "f1_au12": 0.0}

@@ -25,15 +25,24 @@ def clips(seed: int = 0, batch: int = B) -> torch.Tensor:
                          generator=torch.Generator().manual_seed(seed))
 
 
-def expected_trainable(vision: int, text: int, layers: int, depth: int, r: int = 8, n_ctx: int = 2) -> int:
-    """Trainable parameter count by hand: 2 TDAs per vision block, one shared adapter, MaPLe prompts."""
+def bottleneck(width: int, r: int = 8) -> int:
+    return 2 * width * (width // r) + width // r + width
+
+
+def expected_trainable(vision: int, text: int, layers: int, depth: int, r: int = 8, n_ctx: int = 2,
+                       layout: str = "per_block", tdas: int = 1) -> int:
+    """Trainable parameter count by hand: `tdas` TDAs per vision block, shared adapters (one per block
+    and tower, or one core for all), a textual adapter per text block, MaPLe prompts."""
     h = vision // r
     tda = 2 * vision + (vision * h + h) + 3 * (2 * h * h + 2 * h) + (h * vision + vision) + (vision + 1)
-    core, c = min(vision, text), min(vision, text) // r
-    shared = (core * c + c) + (c * core + core)
-    projections = (vision * core + core) + (core * vision + vision) if vision != text else 0
+    if layout == "per_block":
+        shared = layers * (bottleneck(vision, r) + bottleneck(text, r))
+    else:
+        core = min(vision, text)
+        shared = bottleneck(core, r) + ((vision * core + core) + (core * vision + vision) if vision != text else 0)
+    textual = layers * bottleneck(text, r)
     prompts = depth * n_ctx * text + depth * (text * vision + vision)
-    return 2 * layers * tda + shared + projections + prompts
+    return tdas * layers * tda + shared + textual + prompts
 
 
 def one_step(model: PeClip, labels: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
@@ -52,7 +61,7 @@ def test_registered_paper_defaults() -> None:
 
 def test_au_class_prompts_in_affectnet_order() -> None:
     prompts = class_prompts(2)
-    assert len(prompts) == 7 and len(EMOTION_AUS) == 7
+    assert len(prompts) == 7 and len(EMOTION_AUS) == 8  # contempt only on an 8-class head
     assert prompts[1] == "X X happiness: cheek raiser, lip corner puller."
     assert prompts[0].startswith("X X neutral:") and prompts[6].startswith("X X anger: brow lowerer")
 
@@ -66,15 +75,63 @@ def test_vit_b16_layout_trains_about_9m_parameters(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(backbones, "build_clip", meta_clip)
     model = PeClip(TrainConfig(method="pe_clip", **METHOD_DEFAULTS["pe_clip"]))
     trainable, total = backbones.count_parameters(model)
-    assert trainable == expected_trainable(768, 512, layers=12, depth=9) == 9_364_824
+    assert trainable == expected_trainable(768, 512, layers=12, depth=9) == 9_399_564
     assert trainable / total < 0.06  # the paper: < 6 % of the whole model
     assert not any(p.requires_grad for p in model.backbone.parameters())
+    shared = PeClip(TrainConfig(method="pe_clip", **{**METHOD_DEFAULTS["pe_clip"], "pe_clip_adapters": "shared"}))
+    assert backbones.count_parameters(shared)[0] == expected_trainable(768, 512, 12, 9, layout="shared")
 
 
 def test_tiny_count_and_frozen_towers() -> None:
     model = PeClip(tiny_cfg())
     assert backbones.count_parameters(model)[0] == expected_trainable(32, 24, layers=6, depth=6)
     assert not any(p.requires_grad for p in model.backbone.parameters())
+    both = PeClip(tiny_cfg(pe_clip_tda="attn_mlp", pe_clip_adapters="shared"))
+    assert backbones.count_parameters(both)[0] == expected_trainable(32, 24, 6, 6, layout="shared", tdas=2)
+
+
+def test_adapters_sit_where_the_authors_put_them() -> None:
+    """Per block: ShA after attention in both towers at native width, the textual adapter after the
+    text MLP, the TDA after the vision MLP only; each is called once per block of its tower."""
+    model = PeClip(tiny_cfg())
+    assert model.tda_attn is None and len(model.tda_mlp) == 6
+    assert [a.core.down.in_features for a in model.vision_adapters] == [32] * 6
+    assert [a.core.down.in_features for a in (*model.text_adapters, *model.textual_adapters)] == [24] * 12
+    assert all(isinstance(a.into, nn.Identity) for a in (*model.vision_adapters, *model.text_adapters))
+    calls: dict[str, int] = {}
+    for name, modules in (("vision", model.vision_adapters), ("text", model.text_adapters),
+                          ("textual", model.textual_adapters), ("tda", model.tda_mlp)):
+        for module in modules:
+            module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    with torch.no_grad():
+        model(clips())
+    assert calls == {"vision": 6, "text": 6, "textual": 6, "tda": 6}
+
+
+def test_textual_and_per_block_adapters_get_gradients() -> None:
+    torch.manual_seed(0)
+    model = PeClip(tiny_cfg())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    one_step(model, torch.tensor([1, 3]), optimizer)  # the zero up-projections move; then all is live
+    optimizer.zero_grad()
+    model.loss(model(clips()), {"emotion": torch.tensor([1, 3])})[0].backward()
+    for adapters in (model.textual_adapters, model.vision_adapters, model.text_adapters):
+        for adapter in adapters:
+            assert adapter.core.down.weight.grad.abs().sum() > 0 and adapter.core.up.weight.grad.abs().sum() > 0
+
+
+def test_recipe_groups_adapters_and_prompts_at_the_authors_rates() -> None:
+    cfg = TrainConfig.load(overrides=["method=pe_clip", "backbone=clip-tiny-test"])
+    assert (cfg.lr, cfg.pe_clip_prompt_lr, cfg.weight_decay, cfg.epochs, cfg.warmup_epochs, cfg.frames) == (
+        2e-4, 3e-5, 0.01, 30, 3, 16)
+    assert cfg.mixup > 0 and cfg.fmix > 0 and cfg.augment
+    model = PeClip(cfg)
+    groups = {g["name"]: g for g in model.param_groups(cfg)}
+    assert {name: g["lr"] for name, g in groups.items()} == {"adapters": 2e-4, "prompts": 3e-5}
+    prompt_ids = {id(p) for p in (*model.text_prompts.parameters(), *model.prompt_proj.parameters())}
+    assert {id(p) for p in groups["prompts"]["params"]} == prompt_ids
+    assert {id(p) for g in groups.values() for p in g["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad}
 
 
 def test_tda_is_identity_at_init_and_recurs_over_each_clips_frames() -> None:
@@ -123,8 +180,8 @@ def test_logits_are_cosines_over_temperature_and_images_are_one_frame_clips() ->
 
 def test_shared_adapter_core_is_one_set_of_tensors_trained_by_both_towers() -> None:
     torch.manual_seed(0)
-    model = PeClip(tiny_cfg())
-    vision, text = model.vision_adapter, model.text_adapter
+    model = PeClip(tiny_cfg(pe_clip_adapters="shared"))
+    (vision,), (text,) = model.vision_adapters, model.text_adapters
     assert vision.core is text.core and vision.core.down.weight is text.core.down.weight
     assert isinstance(vision.into, nn.Linear) and vision.into.weight.shape == (24, 32)  # 32 -> 24 only for vision
     assert isinstance(text.into, nn.Identity)
@@ -160,3 +217,13 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch() -> None:
     labels = torch.tensor([4, 7])  # contempt (7) is outside the 7-way head: ignored, not an error
     losses = [one_step(model, labels, optimizer) for _ in range(6)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_eight_classes_add_a_contempt_prompt() -> None:
+    assert class_prompts(2, 8)[7] == "X X contempt: lip corner puller, dimpler."
+    model = PeClip(tiny_cfg(emotion_classes=8)).eval()
+    with torch.no_grad():
+        logits = model(clips())["emotion"]
+    assert logits.shape == (B, 8)
+    loss, _ = model.loss({"emotion": logits}, {"emotion": torch.tensor([7, 7])})  # contempt counts now
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.tensor([7, 7])).item(), rel=1e-5)

@@ -12,6 +12,8 @@ Choices the release leaves open, and why:
 - Every AU column of the csv goes into `aus` (9 -> present NULL); the 12 AUs the literature
   evaluates are `BP4D_AUS`, which loaders pass as their AU list. Any other value (or a short row)
   rejects that frame's row: a guessed AU label is worse than a missing sample.
+- ~140k coded frames: `fer ingest --frame-step K` reads frame numbers 1, 1 + K, ... only
+  (`extra.frame`; the others are not rows read).
 - Folds: the subject-independent 3-fold split in `extra.fold` (1, 2, 3; NULL for a subject in
   none of the published lists). Fold k's test set is `CAST(extra->>'fold' AS INTEGER) = k`, its
   training set the other two folds. `split` follows fold 1 ("test" for fold-1 subjects, else

@@ -9,7 +9,9 @@ Choices the release leaves open, and why:
 - One clip record per sheet row (`casme2:sub01/EP02_01f`) whose source is the frame folder and
   `frame_range` = the (onset, offset) positions in the numerically sorted frame list (img2 <
   img10), so only the expression is sampled. The sheet's frame numbers and the apex position are
-  in `extra` (`onset_frame`, `apex_frame`, `offset_frame`, `apex_index`).
+  in `extra` (`onset_frame`, `apex_frame`, `offset_frame`, `apex_index`), and their positions in
+  `extra.keyframes` ({onset, apex, offset}; no apex when the sheet has none), which
+  `--sampling keyframes` samples.
 - Onset/offset that name no existing frame are moved to the nearest frames inside the range and
   flagged `range_adjusted` (the release has a few offsets past the last frame); onset after
   offset, or no frame inside the range, rejects the row. A missing apex ("/" in the release)
@@ -182,6 +184,9 @@ def _record(root: Path, cells: dict[str, Any], vocabulary: set[int]) -> Record:
         "onset_frame": onset, "apex_frame": apex, "offset_frame": offset,
         "apex_index": numbers.index(apex) if apex is not None and apex in numbers else None,
     }
+    # Positions in the frame folder of the frames the release marks (`--sampling keyframes` samples them).
+    extra["keyframes"] = {"onset": start, "offset": end, **({} if extra["apex_index"] is None else
+                                                           {"apex": extra["apex_index"]})}
     if apex is None:
         extra["apex_raw"] = _text(cells["apexframe"])
     if numbers[start] != onset or numbers[end] != offset:

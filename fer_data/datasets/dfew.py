@@ -21,8 +21,11 @@ Choices the release leaves open, and why:
 - A video in no test list keeps `fold` NULL and split "train". Rows for one video that disagree
   (two labels, two test folds) reject the video (`conflicting_labels`, `conflicting_folds`):
   either would silently leak or mislabel. Bad rows reject only themselves.
-- Source: the aligned frame folder when it holds frame images (`aligned=True`, plain resize later),
-  else the original mp4 (not aligned: the detector runs on it). Neither → `missing_file`.
+- Source: the aligned frame folder when it holds frame images (`aligned=True`, plain resize later;
+  no tracking, so `face_coverage` and `n_tracks` are NULL), else the original mp4 (not aligned:
+  the detector runs on its frames and the face tracker picks the main face, `fer_data.faces.track`;
+  a clip whose main face spans less than `--min-face-coverage` of it is a reject). Neither →
+  `missing_file`.
 - All ten list files are required; a missing one is a LayoutError naming it, since a partial
   set would give wrong fold membership without any sign.
 """

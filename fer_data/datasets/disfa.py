@@ -15,6 +15,8 @@ Choices the release leaves open, and why:
   is one reject for that line; the frame still becomes a sample with its other AUs.
 - A subject whose video is missing gives one `missing_file` reject per labelled frame (rows read
   = samples + rejects); no `Videos_LeftCamera` folder at all is a LayoutError.
+- ~130k labelled frames: `fer ingest --frame-step K` reads frames 1, 1 + K, ... only
+  (`extra.frame`; the others are not rows read), since neighbouring frames are near-duplicates.
 - Folds: the published subject-independent 3 folds in `extra.fold` (NULL for other subjects);
   `split` follows fold 1 ("test" for fold-1 subjects, else "train"), as for BP4D.
 """

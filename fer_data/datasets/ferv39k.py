@@ -12,7 +12,8 @@ Choices the release leaves open, and why:
 - `split` is the list a clip comes from (train_All -> train, test_All -> test); FERV39K has no
   official validation set. `extra.scene` is the path's first part (`Action`), the scene the
   paper reports per-scene results on.
-- The face-crop release is aligned crops, so `aligned=True` (plain resizing, no detector).
+- The face-crop release is aligned crops, so `aligned=True` (plain resizing, no detector, no face
+  tracking: `face_coverage` and `n_tracks` are NULL).
 - A listed clip without a frame folder is a `missing_file` reject from the adapter.
 - Both list files are required (LayoutError naming the missing one).
 """

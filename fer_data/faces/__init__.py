@@ -2,7 +2,22 @@
 
 # The faces stage's backends (stage.py says what each does). Here, not in stage.py, so that the
 # command line can offer them without importing OpenCV and insightface.
-BACKENDS = ("auto", "centerface", "scrfd", "given", "none")
+BACKENDS = ("auto", "centerface", "scrfd", "given", "none", "box")
+FACES = ("largest", "all")  # which faces of an image become samples (`Settings.faces`)
+
+
+def parse_chain(spec: str) -> tuple[str, ...]:
+    """A detector chain, `centerface,scrfd,box`: each backend runs only on the records the ones before
+    it rejected. Every name a backend, none twice; `auto` (which picks per record) only first."""
+    chain = tuple(name.strip() for name in spec.split(","))
+    for name in chain:
+        if name not in BACKENDS:
+            raise ValueError(f"detector {name!r} in {spec!r}: expected a comma list of {', '.join(BACKENDS)}")
+    if len(set(chain)) != len(chain):
+        raise ValueError(f"detector chain {spec!r} names a backend twice")
+    if "auto" in chain[1:]:
+        raise ValueError(f"detector chain {spec!r}: 'auto' picks per record, so it can only come first")
+    return chain
 
 
 def check_size(size: int) -> int:

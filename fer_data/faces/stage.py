@@ -1,7 +1,14 @@
-"""The faces stage: decoded image + record -> aligned crop and its geometry, or a Reject.
+"""The faces stage: decoded image + record -> aligned crops and their geometry, or a Reject.
 
-`auto` picks, per record, the landmarks the release gives (`given`), then plain resizing for
-releases that are already aligned crops (`none`), else the `centerface` detector.
+Backends: `given` aligns on the landmarks (else the face box) the release gives; `none` only resizes
+releases that are already aligned crops; `centerface` and `scrfd` detect; `box` is a last resort
+that never fails: the release's face box if it gives one, else the whole image taken as the face
+(a square crop of its longer side, no margin: tight crops such as FER2013's a detector misses).
+`auto` picks, per record, `given` if the release gives landmarks or a box, else `none` for aligned
+releases, else `centerface`.
+
+A chain (`centerface,scrfd,box`, `FaceConfig.detector`) runs its backends in turn, each only on
+the records the ones before it rejected; the `detector` column says which one made each sample.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_data.faces import BACKENDS, align
+from fer_data.faces import align, parse_chain
 from fer_data.faces.detectors import DETECTORS, Face
 from fer_data.records import Record, Reject
 
@@ -25,7 +32,8 @@ warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=
 
 @dataclass(frozen=True)
 class FaceConfig:
-    detector: str = "auto"
+    detector: str = "auto"  # one backend or a chain, `parse_chain`
+    faces: str = "largest"  # which faces of an image become samples: largest | all (the worker's choice)
     size: int = 224
     model_path: str | None = None  # ONNX file for scrfd
     threshold: float = 0.5
@@ -33,9 +41,12 @@ class FaceConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.detector not in BACKENDS:
-            raise ValueError(f"detector {self.detector!r} not in {BACKENDS}")
+        parse_chain(self.detector)
         align.check_size(self.size)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return parse_chain(self.detector)
 
 
 @dataclass
@@ -45,14 +56,21 @@ class AlignedFace:
 
 
 def backend_for(rec: Record, detector: str) -> str:
-    if detector != "auto":
-        return detector
+    """The backend the first link of `detector` (one backend or a chain) uses for `rec`."""
+    first = parse_chain(detector)[0]
+    if first != "auto":
+        return first
     if rec.landmarks is not None or rec.face_box is not None:
         return "given"
     return "none" if rec.aligned or rec.pixels is not None else "centerface"
 
 
-def _geometry(backend: str, matrix: np.ndarray, box: Sequence[float] | None = None, score: float | None = None,
+def uses_detector(rec: Record, detector: str) -> bool:
+    """Whether any link of the chain may run a detector model on `rec` (the cores go to its sessions)."""
+    return backend_for(rec, detector) in DETECTORS or any(name in DETECTORS for name in parse_chain(detector)[1:])
+
+
+def face_geometry(backend: str, matrix: np.ndarray, box: Sequence[float] | None = None, score: float | None = None,
               landmarks: np.ndarray | None = None) -> dict[str, Any]:
     return {
         "detector": backend,
@@ -70,7 +88,7 @@ class FaceAligner:
         self.config = config
         self._detectors: dict[str, Any] = {}
 
-    def _detector(self, name: str):
+    def detector(self, name: str):
         if name not in self._detectors:
             kwargs: dict[str, Any] = {"threshold": self.config.threshold, "threads": self.config.threads}
             if name == "scrfd":
@@ -81,35 +99,68 @@ class FaceAligner:
         return self._detectors[name]
 
     def __call__(self, items: Sequence[tuple[Record, np.ndarray]]) -> list[AlignedFace | Reject]:
-        """Align a batch; images needing a detector go through it together, one batch per backend."""
+        """Each image's largest face aligned, or why there is none."""
+        return [got if isinstance(got, Reject) else got[0] for got in self._align(items, every=False)]
+
+    def every(self, items: Sequence[tuple[Record, np.ndarray]]) -> list[list[AlignedFace] | Reject]:
+        """Each image's faces aligned, largest first (`detectors.by_size`), or why there is none. A
+        backend that finds no faces itself (`given`, `none`, `box`) gives one."""
+        return self._align(items, every=True)
+
+    def _align(self, items: Sequence[tuple[Record, np.ndarray]], every: bool) -> list[list[AlignedFace] | Reject]:
+        """Every link of the chain on the items the links before it rejected; a detector's images go
+        through it together, `DETECT_BATCH` at a time. What no link finds keeps every link's reason."""
+        out: list[list[AlignedFace] | Reject | None] = [None] * len(items)
+        why: dict[int, list[Reject]] = {i: [] for i in range(len(items))}
+        pending = list(range(len(items)))
+        for link in self.config.chain:
+            backends = {i: backend_for(items[i][0], link) for i in pending}
+            found: dict[int, list[Face]] = {}
+            for name in sorted({b for b in backends.values() if b in DETECTORS}):
+                idx = [i for i in pending if backends[i] == name]
+                for start in range(0, len(idx), DETECT_BATCH):  # a batch of clips is many frames: cap the tensor
+                    chunk = idx[start:start + DETECT_BATCH]
+                    found.update(zip(chunk, self.detector(name)([items[i][1] for i in chunk])))
+            for i in pending:
+                rec, image = items[i]
+                got = self._faces(rec, image, backends[i], found.get(i, []), every)
+                if isinstance(got, Reject):
+                    why[i].append(got)
+                else:
+                    out[i] = got
+            pending = [i for i in pending if out[i] is None]
+        for i in pending:
+            last = why[i][-1]
+            detail = "; ".join(r.detail or r.reason for r in why[i])
+            out[i] = last if len(why[i]) == 1 else Reject(last.dataset, last.source_path, last.stage, last.reason, detail)
+        return out  # type: ignore[return-value]  # every item has faces or a reject now
+
+    def _faces(self, rec: Record, image: np.ndarray, backend: str, detected: list[Face], every: bool
+               ) -> list[AlignedFace] | Reject:
+        """One image's aligned faces by one backend (`detected`: a detector's faces, largest first)."""
         size = self.config.size
-        backends = [backend_for(rec, self.config.detector) for rec, _ in items]
-        found: dict[int, Face | None] = {}
-        for name in sorted({b for b in backends if b in DETECTORS}):
-            idx = [i for i, b in enumerate(backends) if b == name]
-            for start in range(0, len(idx), DETECT_BATCH):  # a batch of clips is many frames: cap the tensor
-                chunk = idx[start:start + DETECT_BATCH]
-                found.update((i, faces[0] if faces else None)
-                             for i, faces in zip(chunk, self._detector(name)([items[i][1] for i in chunk])))
-        out: list[AlignedFace | Reject] = []
-        for i, ((rec, image), backend) in enumerate(zip(items, backends)):
-            if backend == "none":
-                crop, m = align.resize(image, size)
-                out.append(AlignedFace(crop, _geometry("none", m)))
-            elif backend == "given" and rec.landmarks is not None:
-                lm = np.asarray(rec.landmarks, np.float64)
-                crop, m = align.align(image, lm, size)
-                out.append(AlignedFace(crop, _geometry("given", m, rec.face_box, None, lm)))
-            elif backend == "given" and rec.face_box is not None:
-                crop, m = align.crop_box(image, rec.face_box, size)
-                out.append(AlignedFace(crop, _geometry("given", m, rec.face_box)))
-            elif backend == "given":
-                out.append(Reject(rec.dataset, rec.source_path, "detect", "no_given_face",
-                                  "detector 'given' but the release gives no landmarks or box for this sample"))
-            elif (face := found[i]) is None:
-                out.append(Reject(rec.dataset, rec.source_path, "detect", "no_face",
-                                  f"{backend} found no face above score {self.config.threshold}"))
-            else:
-                crop, m = align.align(image, face.landmarks, size)
-                out.append(AlignedFace(crop, _geometry(backend, m, face.box, face.score, face.landmarks)))
+        if backend == "none":
+            crop, m = align.resize(image, size)
+            return [AlignedFace(crop, face_geometry("none", m))]
+        if backend == "given" and rec.landmarks is not None:
+            lm = np.asarray(rec.landmarks, np.float64)
+            crop, m = align.align(image, lm, size)
+            return [AlignedFace(crop, face_geometry("given", m, rec.face_box, None, lm))]
+        if backend in ("given", "box") and rec.face_box is not None:
+            crop, m = align.crop_box(image, rec.face_box, size)
+            return [AlignedFace(crop, face_geometry(backend, m, rec.face_box))]
+        if backend == "box":
+            whole = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+            crop, m = align.crop_box(image, whole, size, margin=0.0)
+            return [AlignedFace(crop, face_geometry("box", m, whole))]
+        if backend == "given":
+            return Reject(rec.dataset, rec.source_path, "detect", "no_given_face",
+                          "detector 'given' but the release gives no landmarks or box for this sample")
+        if not detected:
+            return Reject(rec.dataset, rec.source_path, "detect", "no_face",
+                          f"{backend} found no face above score {self.config.threshold}")
+        out = []
+        for face in detected if every else detected[:1]:
+            crop, m = align.align(image, face.landmarks, size)
+            out.append(AlignedFace(crop, face_geometry(backend, m, face.box, face.score, face.landmarks)))
         return out

@@ -51,7 +51,7 @@ import re
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -387,10 +387,87 @@ def _dfew(rng: np.random.Generator) -> Plan:
     lists[("train", 2)].append("clip_x,3")
     lists[("test", 4)].append(f"{names[0]},9")
     plan.reasons.update(missing_file=1, conflicting_labels=1, unparsable_row=1, label_out_of_range=1)
+    _dfew_wild(rng, plan, lists, set(names))
     for (part, k), lines in lists.items():
         plan.files[f"EmoLabel_DataSplit/{part}(single-labeled)/set_{k}.csv"] = (
             lambda lines=lines: _text(["video_name,label", *lines]))
     return plan
+
+
+# In-the-wild DFEW originals (mp4 only, so the detector and the face tracker run on them):
+# name -> (frames, main face's first and last frame, main-track coverage, face tracks at least, reject).
+WILD_FRAMES = 40
+WILD: dict[str, tuple[int, int, float, int, str | None]] = {
+    "cut": (0, 23, 0.6, 2, None),  # astronaut, then a cut to another person at frame 24
+    "second_person": (0, 39, 1.0, 2, None),  # astronaut throughout; a smaller face enters at frames 10..14
+    "leaves_late": (0, 27, 0.7, 1, None),  # walks out of the frame to the left at frames 26..29
+    "leaves_early": (0, 13, 0.35, 1, "low_face_coverage"),  # ... at frames 12..15: most of the clip is background
+}
+WILD_SLACK = 2  # frames the detector may still find a face leaving the frame (half of it visible), or not
+
+
+def _leaving(shot: Shot, last: int) -> Callable[[int], Shot]:
+    """The shot at frame j: still until `last - 1`, then the face walks out to the left in 4 frames
+    (its centre at 0.1, -0.1, -0.3, -0.5 frame widths: half visible at `last`, gone after)."""
+    return lambda j: shot if j < last else replace(shot, shift=(shot.shift[0] - 0.4 - 0.2 * (j - last),
+                                                                 shot.shift[1]))
+
+
+def _paste_face(base: np.ndarray, other: Shot, code: int, motion: Motion, t: float) -> np.ndarray:
+    """`base` with `other`'s face (its box, feathered) pasted over it: a second person in the scene."""
+    frame = other.render(code, motion, t)
+    m = other.matrix(motion.at(t)[0])
+    x0, y0, x1, y1 = other.photo.box
+    corners = np.array([[x0, y0], [x1, y1]], np.float64) @ m[:2, :2].T + m[:, 2]
+    mask = np.zeros(base.shape[:2], np.float32)
+    centre = corners.mean(0)
+    axes = np.abs(corners[1] - corners[0]) * 0.6
+    cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(axes[0]), int(axes[1])), 0, 0, 360, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 3)[..., None]
+    return np.clip(base * (1 - mask) + frame * mask + 0.5, 0, 255).astype(np.uint8)
+
+
+def _dfew_wild(rng: np.random.Generator, plan: Plan, lists: dict[tuple[str, int], list[str]], used: set[int]) -> None:
+    """The `WILD` clips: a scene cut, a second person, a face leaving the frame early and late."""
+    free = sorted(set(range(16400, 16500)) - used)
+    astronaut, others = PHOTOS[0], PHOTOS[1:]
+    for i, (kind, (first, last, coverage, n_tracks, reject)) in enumerate(WILD.items()):
+        number, fold = free[i], i % 5 + 1
+        label = int(rng.integers(1, 8))
+        emotion = emotion_from_name(DFEW_LABELS[label - 1])
+        motion = _motion(rng, emotion)
+        main = replace(_shot(rng, (256, 192), 0.5), photo=astronaut)
+        other = replace(_shot(rng, (256, 192), 0.5), photo=others[int(rng.integers(len(others)))])
+        n = WILD_FRAMES
+        if kind == "cut":
+            def render(j: int, main=main, other=other, motion=motion) -> np.ndarray:
+                return (main if j <= 23 else other).render(j + 1, motion, _clip_time(j, n))
+        elif kind == "second_person":
+            small = replace(other, frac=0.3)
+
+            def render(j: int, main=main, small=small, motion=motion) -> np.ndarray:
+                base = main.render(j + 1, motion, _clip_time(j, n))
+                if j < 10:
+                    return base
+                entering = replace(small, shift=(0.35 + 0.1 * max(0, 14 - j), -0.15))
+                return _paste_face(base, entering, j + 1, motion, _clip_time(j, n))
+        else:
+            at = _leaving(main, last)
+
+            def render(j: int, at=at, motion=motion) -> np.ndarray:
+                return at(j).render(j + 1, motion, _clip_time(j, n))
+        name = f"{number:05d}"
+        plan.files[f"Clip/original/{name}.mp4"] = lambda render=render: _video([render(j) for j in range(n)], "mp4")
+        for k in range(1, 6):
+            lists[("test" if k == fold else "train", k)].append(f"{number},{label}")
+        sid = f"dfew:{name}"
+        plan.labels[sid] = {"emotion": emotion, "split": "test" if fold == 1 else "train", "fold": fold,
+                            "n_frames": n, "aligned": False,
+                            "track": {"kind": kind, "first": first, "last": last, "coverage": coverage,
+                                      "min_tracks": n_tracks, "slack": WILD_SLACK}}
+        if reject:
+            plan.dropped.add(sid)
+            plan.ingest_reasons[reject] += 1
 
 
 def _ferv39k(rng: np.random.Generator) -> Plan:

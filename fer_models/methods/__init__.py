@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor, nn
 
-from fer_data.labels import IGNORE_INDEX
+from fer_data.labels import IGNORE_INDEX, NUM_CLASSES
 from fer_models.config import TrainConfig
 from fer_models.registry import builder
 
@@ -19,13 +19,18 @@ class Method(nn.Module):
     def loss(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def head_outputs(self, cfg: TrainConfig) -> dict[str, int]:
+        """task -> outputs of its head (a method with other heads says so by overriding this)."""
+        return {task: outputs(cfg, task) for task in self.tasks}
+
     def scores(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per-task class logits (or AU logits) that metrics turn into predictions."""
         return {task: outputs[task] for task in self.tasks}
 
     def param_groups(self, cfg: TrainConfig) -> list[dict]:
-        """Groups of the main optimizer; it must leave out the adversary's parameters."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": cfg.lr}]
+        """Named groups of the main optimizer, each {name, params, lr[, weight_decay, betas]} (weight decay
+        defaults to cfg.weight_decay); together every trainable parameter but the adversary's, once."""
+        return [{"name": "all", "params": [p for p in self.parameters() if p.requires_grad], "lr": cfg.lr}]
 
     def adversary_param_groups(self, cfg: TrainConfig) -> list[dict]:
         """A GAN method's discriminator: groups (with their own lr/betas) of a second AdamW (none by default)."""
@@ -42,6 +47,18 @@ class Method(nn.Module):
 
 def build_method(cfg: TrainConfig) -> Method:
     return builder(cfg.method)(cfg)
+
+
+def num_classes(cfg: TrainConfig, task: str) -> int:
+    """Classes of a task's head: the emotion head has cfg.emotion_classes (8 keeps contempt)."""
+    return cfg.emotion_classes if task == "emotion" else NUM_CLASSES[task]
+
+
+def outputs(cfg: TrainConfig, task: str) -> int:
+    """Outputs of a head for `task`: its classes, one logit per AU, 2 for valence/arousal, 1 for age."""
+    if task == "au":
+        return len(cfg.aus)
+    return {"valence_arousal": 2, "age": 1}.get(task) or num_classes(cfg, task)
 
 
 def class_targets(target: Tensor, num_classes: int) -> Tensor:

@@ -20,8 +20,10 @@ Choices the paper leaves open (or that our text of it lost), recorded here:
   validation pass sees the same masks and its loss is comparable across epochs; training mode uses
   the global RNG the trainer seeds per epoch;
 - the class token's position embedding is zero (MAE); timm's default weight initialisation;
-- optimiser: MAE's AdamW betas (0.9, 0.95), no weight decay on biases, norms and tokens; registered
-  defaults lr 1.5e-4 (MAE's base rate), weight decay 0.05, 300 epochs (paper);
+- optimiser: MAE's AdamW betas (0.9, 0.95), no weight decay on biases, norms and tokens; the
+  registered recipe: base LR 1.5e-4 scaled by batch / 256 (`lr_reference_batch`, as MAE does: 4096
+  images give 2.4e-3), weight decay 0.05, 40 warm-up epochs then cosine, 300 epochs (paper). MAE's
+  random-resized-crop (0.2-1) and flip augmentation become `augment: [crop, flip]`;
 - figures: up to four faces; rows input / input with masked patches grey / prediction de-normalised
   with each patch's own mean and std, visible patches pasted from the input (MAE's figures), each
   row named at its left.
@@ -157,8 +159,9 @@ class MaeDecoder(nn.Module):
         return self.run(torch.cat([x[:, :1], patches], dim=1) + self.pos_embed)
 
 
-def decay_groups(model: nn.Module, lr: float, skip: Collection[int] = (), **options: object) -> list[dict]:
-    """Two AdamW groups: weights with decay; biases, norms and tokens without (MAE's rule).
+def decay_groups(model: nn.Module, lr: float, skip: Collection[int] = ()) -> list[dict]:
+    """Two named groups: weights with decay ("decay"); biases, norms and tokens without ("no_decay",
+    MAE's rule).
 
     `skip` holds ids of parameters another optimiser owns (PF-ViT's discriminator).
     """
@@ -167,7 +170,8 @@ def decay_groups(model: nn.Module, lr: float, skip: Collection[int] = (), **opti
         if not p.requires_grad or id(p) in skip:
             continue
         (plain if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "lr": lr, **options}, {"params": plain, "lr": lr, "weight_decay": 0.0, **options}]
+    return [{"name": "decay", "params": decay, "lr": lr},
+            {"name": "no_decay", "params": plain, "lr": lr, "weight_decay": 0.0}]
 
 
 def image_grid(rows: list[Tensor], labels: Sequence[str]) -> np.ndarray:
@@ -226,7 +230,7 @@ class Mae(Method):
         return loss, {"loss_mae": float(loss.detach())}
 
     def param_groups(self, cfg: TrainConfig) -> list[dict]:
-        return decay_groups(self, cfg.lr, betas=(0.9, 0.95))
+        return decay_groups(self, cfg.lr)
 
     @torch.no_grad()
     def figures(self, images: Tensor) -> dict[str, np.ndarray]:
@@ -243,6 +247,10 @@ class Mae(Method):
         return {"mae_reconstruction": image_grid(rows, ["input", "masked", "reconstruction"])}
 
 
-@register("mae", backbone="mae-vit-base-16", tasks=[], lr=1.5e-4, weight_decay=0.05, epochs=300)
+@register("mae", protocol="self-supervised pre-training on AffectNet-270K faces (labels unused); "
+          "judged by the MAE-ViT and PF-ViT fine-tunes that start from it",
+          backbone="mae-vit-base-16", tasks=[], lr=1.5e-4, lr_reference_batch=256, betas=[0.9, 0.95],
+          weight_decay=0.05, epochs=300, batch_size=4096, warmup_epochs=40, schedule="cosine",
+          augment=["crop", "flip"], crop_scale=[0.2, 1.0])
 def build(cfg: TrainConfig) -> Mae:
     return Mae(cfg)
