@@ -375,7 +375,9 @@ def rewrite(path: str | Path, drop: Collection[str] | None = ()) -> Iterator[duc
     folder = parquet_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _lock(path):
-        listing = _settle(path, migrate=True)
+        # A fresh rewrite (`drop=None`) needs none of the current rows: a missing folder (DVC removes a
+        # stage's outs before rerunning it, not the index beside them) is then no error.
+        listing = _settle(path, migrate=True, required=drop is not None)
         with _new_index(path) as con:
             if listing is not None and drop is not None:
                 _load(con, folder, drop=drop)
@@ -545,10 +547,11 @@ def _indexed(path: Path, open_index: Callable[[], duckdb.DuckDBPyConnection]) ->
     return open_index()
 
 
-def _settle(path: Path, migrate: bool) -> list[list[Any]] | None:
+def _settle(path: Path, migrate: bool, required: bool = True) -> list[list[Any]] | None:
     """Under the lock: finish or undo an interrupted folder swap; export an index written directly (an
     older fer, or `connect` for writing), whose rows are the catalog's, when its Parquet folder exists
-    or `migrate`; returns the Parquet listing (None: no folder)."""
+    or `migrate`; returns the Parquet listing (None: no folder). `required`: the caller reads the
+    current rows, so an index whose Parquet folder is gone is an error."""
     folder = parquet_folder(path)
     new, old = _aside(folder, "new"), _aside(folder, "old")
     if not folder.exists() and old.exists():  # stopped between the two renames: `new` was complete
@@ -560,7 +563,7 @@ def _settle(path: Path, migrate: bool) -> list[list[Any]] | None:
         with _open(path, read_only=True, wait_s=5.0) as con:
             _publish(con, folder, record=False)  # rebuilt from the folder next
         listing = _listing(folder)
-    elif listing is None and manifest is not None:
+    elif listing is None and manifest is not None and required:
         raise FileNotFoundError(f"{folder} is missing but {path} was built from it: restore it "
                                 f"(`dvc checkout`), or delete {path} and ingest again")
     return listing

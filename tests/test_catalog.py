@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -114,3 +115,17 @@ def test_merge_and_parquet_partitions(db: Path, tmp_path: Path) -> None:
                       "WHERE dataset = 'affectnet'").fetchall()
     assert back == [(4,)]
     assert (out / "au_labels" / "dataset=bp4d").is_dir()
+
+
+def test_fresh_merge_rebuilds_after_dvc_removed_the_parquet_folder(db: Path, tmp_path: Path) -> None:
+    """`dvc repro` deletes a stage's outs (the Parquet folder) before rerunning it, but not the local index
+    beside them: the catalog stage's fresh merge must rebuild, while a partial update still refuses."""
+    part = tmp_path / "ingest" / "fairface" / "catalog.duckdb"
+    catalog.replace_dataset(part, rows("fairface", [sample("f7", "fairface", gender=1)]))
+    catalog.merge([part], db, fresh=True)
+    shutil.rmtree(catalog.parquet_folder(db))
+    with pytest.raises(FileNotFoundError, match="is missing but"):
+        catalog.merge([part], db)  # keeps the other datasets' rows: they are gone, so it must not guess
+    assert catalog.merge([part], db, fresh=True) == ["fairface"]
+    assert q(db, "SELECT sample_id FROM samples").sample_id.tolist() == ["f7"]
+    assert (catalog.parquet_folder(db) / "samples" / "dataset=fairface").is_dir()
