@@ -124,8 +124,9 @@ def samples_sql(name: str, mix: Mix, n: int) -> str:
     clip = mix.kind == "clip"
     box = f"[{_u('x')} * 40 + 20, {_u('y')} * 40 + 20, {_u('x')} * 40 + 180, {_u('y')} * 40 + 200]"
     marks = ", ".join(f"{_u(f'l{k}')} * 100 + {60 + 10 * k}" for k in range(10))
+    pose = "NULL" if mix.detector == "none" else f"90 * ({_u('yaw')} - 0.5)"  # no landmarks: no pose
     return f"""
-    INSERT INTO samples
+    INSERT INTO samples BY NAME
     SELECT '{name}:' || lpad(i::VARCHAR, 8, '0') AS sample_id, '{name}' AS dataset, {splits} AS split,
            'S' || lpad((i // 400)::VARCHAR, 5, '0') AS subject, '{mix.kind}' AS kind,
            '/raw/{name}/' || lpad(i::VARCHAR, 8, '0') || '{'' if clip else '.jpg'}' AS source_path,
@@ -143,6 +144,10 @@ def samples_sql(name: str, mix: Mix, n: int) -> str:
            [{marks}] AS landmarks,
            [0.9, 0.1, -30 * {_u('m')}, -0.1, 0.9, -20 * {_u('m')}] AS align_matrix,
            '{mix.detector}' AS detector,
+           {pose} AS yaw, {pose.replace('yaw', 'pitch')} / 2 AS pitch, {pose.replace('yaw', 'roll')} / 3 AS roll,
+           160 + 200 * {_u('size')} AS face_size, 50 + 500 * {_u('sharp')} AS sharpness,
+           {f"0.5 + 0.5 * {_u('cover')}" if clip and mix.detector != 'none' else 'NULL'} AS face_coverage,
+           {"1 + hash(i, 'tracks') % 3" if clip and mix.detector != 'none' else 'NULL'} AS n_tracks,
            'ingest/{name}/shards/{name}/' || split || '-' || lpad((i // 1000)::VARCHAR, 5, '0') || '.tar' AS shard,
            {f"json_object('fold', 1 + i % {mix.folds})" if mix.folds else 'NULL'} AS extra
     FROM range({n}) t(i)
