@@ -29,12 +29,13 @@ COLUMNS: dict[str, str] = {
 }
 LEGEND = ("UAR, WAR: emotion recall, unweighted and weighted; AU F1: mean over AUs; age (bin), gender: "
           "accuracy; loss: the method's own test loss. test data: the datasets the run's test selection "
-          "names (all: every dataset it matches), then each test set of the cross-dataset evaluation; "
+          "names (all: every dataset it matches; N datasets: more than fit), then each test set of the cross-dataset evaluation; "
           "n: test samples (k-fold: all folds).")
 BASELINES = {"au/f1_mean_all_present": "every AU present", "au/f1_mean_random": "random at training rates"}
 # config fields that differ between the folds of one k-fold experiment (or are filled in per fold)
 PER_FOLD = frozenset({"fold", "out", "aus", "au_rates"})
 MISSING = "–"
+NAMES_WIDTH = 12  # the test-data column's width, so the block stays under 100 columns
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ def group_folds(runs: Iterable[Run]) -> dict[str, list[Run]]:
 
 
 def tested_on(config: Mapping[str, Any]) -> str:
-    """The datasets a run's test selection names (`dataset = '...'` in test_where), or 'all'."""
+    """The datasets a run's test selection names (`dataset = '...'` in test_where), or 'all'; more
+    than fit a narrow column are counted ('4 datasets'), as the cross-dataset rows list them."""
     names = sorted(set(re.findall(r"\bdataset\s*=\s*'([^']+)'", config.get("test_where") or "")))
-    return "+".join(names) or "all"
+    joined = "+".join(names) or "all"
+    return joined if len(joined) <= NAMES_WIDTH else f"{len(names)} datasets"
 
 
 def number(value: Any) -> str:

@@ -46,6 +46,9 @@ def write_demo_runs(runs: Path, order: list[str] | None = None) -> Path:
                                              "age_bin/accuracy": 0.1351, "loss": 1.78, "n_samples": 318},
                                 method="multitask", peft="lp"),
         "mae": lambda: write_run(runs, "mae", {"loss": 0.6487, "n_samples": 318}, method="mae", tasks=[]),
+        "thesis": lambda: write_run(runs, "thesis", {"emotion/uar": 0.39, "loss": 3.7, "n_samples": 148},
+                                    method="multitask", test_where=" OR ".join(
+                                        f"dataset = '{d}'" for d in ["fairface", "rafdb", "utkface", "vggface2"])),
         **{f"auformer/fold{k}": (lambda k=k, f=f: write_run(
             runs, f"auformer/fold{k}", {"au/f1_mean": f[0], "au/f1_mean_all_present": f[1], "au/f1_mean_random": 0.3,
                                          "au/f1_au1": 0.1, "loss": 0.25, "n_samples": f[2]},
@@ -82,14 +85,15 @@ def test_table_one_row_per_experiment_folds_as_mean_and_std(tmp_path: Path) -> N
     assert body[("lp (multitask)", "rafdb")] == ["–", "0.57", "0.57", "–", "–", "–", "–"]
     assert body[("lp (multitask)", "sfew")] == ["–", "0.25", "0.30", "–", "–", "–", "–"]
     assert body[("mae", "all")] == ["318", "–", "–", "–", "–", "–", "0.65"]
-    assert len(rows) == 1 + 6  # no row for dvclive/, eval/ or the cross-dataset mean
+    assert body[("thesis (multitask)", "4 datasets")][:2] == ["148", "0.39"]  # too many names to list
+    assert len(rows) == 1 + 7  # no row for dvclive/, eval/ or the cross-dataset mean
     assert "every AU present 0.46, random at training rates 0.30" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) < 100
 
 
 def test_table_bytes_depend_only_on_the_metrics(tmp_path: Path) -> None:
     a = write_demo_runs(tmp_path / "a" / "runs")
-    b = write_demo_runs(tmp_path / "b" / "runs", order=["mae", "auformer/fold3", "lp", "auformer/fold1", "auformer/fold2"])
+    b = write_demo_runs(tmp_path / "b" / "runs", order=["mae", "thesis", "auformer/fold3", "lp", "auformer/fold1", "auformer/fold2"])
     assert results_table(tmp_path / "a" / "runs", a) == results_table(tmp_path / "b" / "runs", b)
 
 
