@@ -32,22 +32,18 @@ import numpy as np
 from fer_data.decode import MAX_CLIP_PIXELS
 from fer_data.faces.detectors import CenterFaceDetector
 from fer_data.faces.track import DETECT_CHUNK, scan_frames
-from fer_data.samples.video import PHOTOS, _clip_time, _motion, _shot, _video
+from fer_data.samples.video import write_face_video
 from fer_data.video import Clip
 
 
 def make_dfew(root: Path, n: int, frames: int) -> list[Path]:
     """A DFEW layout of `n` original mp4s only (no aligned frames: the detector runs) and its lists."""
-    rng = np.random.default_rng(0)
     videos = root / "Clip" / "original"
     videos.mkdir(parents=True)
     paths = []
     for i in range(n):
-        shot = _shot(rng, (256, 192), 0.5)
-        shot = type(shot)(**{**shot.__dict__, "photo": PHOTOS[i % len(PHOTOS)]})
-        motion = _motion(rng, i % 7)
         path = videos / f"{i + 1:05d}.mp4"
-        path.write_bytes(_video([shot.render(j + 1, motion, _clip_time(j, frames)) for j in range(frames)], "mp4"))
+        write_face_video(path, frames, index=i)
         paths.append(path)
     for part in ("train", "test"):
         folder = root / "EmoLabel_DataSplit" / f"{part}(single-labeled)"

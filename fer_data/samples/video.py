@@ -620,6 +620,17 @@ def _casme2(rng: np.random.Generator) -> Plan:
 PLANNERS: tuple[Callable[[np.random.Generator], Plan], ...] = (_dfew, _ferv39k, _bp4d, _disfa, _casme2)
 
 
+def write_face_video(path: Path, frames: int, index: int = 0, size: tuple[int, int] = (256, 192),
+                     seed: int = 0) -> None:
+    """One in-the-wild look-alike mp4 of `frames` frames at `size` (w, h): photo `index` (cycled)
+    moving, zooming and changing brightness as the DFEW sample's clips do. For benchmarks that need
+    many such videos without a whole sample set."""
+    rng = np.random.default_rng([seed, index])
+    shot = replace(_shot(rng, size, 0.5), photo=PHOTOS[index % len(PHOTOS)])
+    motion = _motion(rng, index % 7)
+    path.write_bytes(_video([shot.render(j + 1, motion, _clip_time(j, frames)) for j in range(frames)], "mp4"))
+
+
 def write_video_samples(out: Path, seed: int = 0) -> dict[str, Path]:
     """Write the five raw roots under `out` (`out/dfew`, ...); returns {adapter name: raw root}.
 
