@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from fer_data.decode import MAX_CLIP_PIXELS
 from fer_data.faces.detectors import CenterFaceDetector
