@@ -64,3 +64,32 @@ def rafdb_root(tmp_path: Path) -> Path:
     (base / "EmoLabel").mkdir(parents=True)
     (base / "EmoLabel" / "list_patition_label.txt").write_text("".join(f"{n} {v}\n" for n, v in rows.items()))
     return root
+
+
+TINY_RUN_RAFDB = {f"train_{i:05d}.jpg": 1 + i % 7 for i in range(8)} | {f"test_{i:04d}.jpg": 1 + i % 7 for i in range(4)}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run (emotion, age bin, gender) on FairFace- and RAF-DB-layout faces, 1 epoch of a tiny
+    PE-Core-architecture backbone at 32 px (~15 s on a CPU), shared by the export and predict tests,
+    which only read it."""
+    from fer_data.ingest import ingest
+    from fer_models.config import TrainConfig
+    from fer_models.train import train
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    write_fairface(base / "fairface", {"train": 8, "val": 4})
+    raf = base / "rafdb" / "basic"
+    for i, name in enumerate(TINY_RUN_RAFDB):
+        write_image(raf / "Image" / "original" / name, seed=i)
+    (raf / "EmoLabel").mkdir(parents=True)
+    (raf / "EmoLabel" / "list_patition_label.txt").write_text("".join(f"{n} {v}\n" for n, v in TINY_RUN_RAFDB.items()))
+    data = base / "data"
+    ingest("fairface", base / "fairface", data, detector="none", size=112)
+    ingest("rafdb", base / "rafdb", data, detector="none", size=112)
+    cfg = TrainConfig(catalog=str(data / "catalog.duckdb"), backbone="pe-core-tiny-test", image_size=32,
+                      tasks=["emotion", "age_bin", "gender"], val_where="split = 'val'", test_where="split <> 'train'",
+                      epochs=1, batch_size=4, lr=1e-2, out=str(base / "run"), device="cpu")
+    train(cfg)
+    return base / "run"

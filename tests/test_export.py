@@ -12,39 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import write_fairface, write_image
 from fer_cli.main import app
-from fer_data.ingest import ingest
 from fer_data.loaders import make_loader, select
-from fer_models.config import TrainConfig
 from fer_models.export import PARITY_ATOL, OnnxGraph, check_current, load_graph
-from fer_models.train import BEST, train
-
-RAFDB_LABELS = {f"train_{i:05d}.jpg": 1 + i % 7 for i in range(8)} | {f"test_{i:04d}.jpg": 1 + i % 7 for i in range(4)}
+from fer_models.train import BEST
 
 
-def tiny_run(base: Path) -> Path:
-    """A trained run (emotion, age bin, gender) on FairFace- and RAF-DB-layout faces, 1 epoch of a tiny
-    PE-Core-architecture backbone at 32 px: ~15 s on a CPU."""
-    write_fairface(base / "fairface", {"train": 8, "val": 4})
-    raf = base / "rafdb" / "basic"
-    for i, name in enumerate(RAFDB_LABELS):
-        write_image(raf / "Image" / "original" / name, seed=i)
-    (raf / "EmoLabel").mkdir(parents=True)
-    (raf / "EmoLabel" / "list_patition_label.txt").write_text("".join(f"{n} {v}\n" for n, v in RAFDB_LABELS.items()))
-    data = base / "data"
-    ingest("fairface", base / "fairface", data, detector="none", size=112)
-    ingest("rafdb", base / "rafdb", data, detector="none", size=112)
-    cfg = TrainConfig(catalog=str(data / "catalog.duckdb"), backbone="pe-core-tiny-test", image_size=32,
-                      tasks=["emotion", "age_bin", "gender"], val_where="split = 'val'", test_where="split <> 'train'",
-                      epochs=1, batch_size=4, lr=1e-2, out=str(base / "run"), device="cpu")
-    train(cfg)
-    return base / "run"
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp("export"))
+@pytest.fixture
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def test_export_matches_pytorch_on_real_crops(run: Path, tmp_path: Path) -> None:

@@ -25,15 +25,14 @@ from fer_models.config import TrainConfig
 from fer_models.export import OnnxGraph, load_graph
 from fer_models.predict import input_files
 from fer_models.train import train
-from test_export import tiny_run
 
 SIX_FACES = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
 EMOTION_COLUMNS = ["p_neutral", "p_happiness", "p_sadness", "p_surprise", "p_fear", "p_disgust", "p_anger"]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp("predict"))
+@pytest.fixture
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def predict(*args: str | Path) -> tuple[pd.DataFrame | None, str]:
