@@ -31,6 +31,9 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "catalog_queries": ([], ["--samples", "5000", "--repeats", "1"]),
     "loader_throughput": ([], ["--images", "96", "--shard-samples", "24", "--batch-size", "16", "--repeats", "1"]),
+    # shards vs loose JPEGs over HTTP from 127.0.0.1 with 20 ms per request, as from an object store
+    "loader_remote": ([], ["--images", "64", "--shard-samples", "16", "--batch-size", "8", "--latency-ms", "5",
+                           "--repeats", "1"]),
     # 4000 images: each ingest pays ~0.25 s once (listing, catalog swap), 40 % of a 1000-image aligned run
     "ingest_throughput": (["--images", "4000", "--clips", "16"], ["--images", "8", "--clips", "2"]),
     "train_throughput": ([], ["--backbone", "vit-tiny-test", "--image-size", "32", "--shard-size", "112",
@@ -94,6 +97,12 @@ def rows_of(name: str, r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{r['cold_shards_img_per_s']:.0f} img/s", f"{r['cold_imagefolder_img_per_s']:.0f} img/s",
                 r["cold_ratio"], r["goal"], goal),
         ]
+    if name == "loader_remote":
+        what = (f"{r['images']} × {r['size']} px over HTTP, {r['latency_ms']:g} ms per request, batch {r['batch_size']}, "
+                f"{r['workers']} workers")
+        return [row("loader, remote", f"loader: make_loader (shard URLs) vs loose JPEGs through fsspec, {what}",
+                    f"{r['shards_img_per_s']:.0f} img/s", f"{r['loose_img_per_s']:.0f} img/s", r["ratio"], r["goal"],
+                    met=r["read_once"] and r["same_pixels"])]
     if name == "ingest_throughput":
         cases = {"images_detect": ("ingest, images + CenterFace", "img/s", "decode + detect"),
                  "images_aligned": ("ingest, pre-aligned images", "img/s", "decode only"),

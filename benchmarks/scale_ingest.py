@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -214,8 +215,8 @@ def _raf_paths(root: Path) -> Iterator[Path]:
             yield aligned / (line.split()[0][:-4] + "_aligned.jpg")
 
 
-def bare_rate(layout: str, root: Path, n: int, warmup: int = 50) -> tuple[float, int]:
-    """(rows/s, rows timed) of the bare single-core loop over the first rows of `root`."""
+def bare_rate(layout: str, root: Path, n: int, warmup: int = 50) -> tuple[float, int, float]:
+    """(rows/s, rows timed, CPU seconds a row) of the bare single-core loop over the first rows of `root`."""
     cv2.setNumThreads(1)
     params = [cv2.IMWRITE_JPEG_QUALITY, QUALITY]
 
@@ -232,14 +233,14 @@ def bare_rate(layout: str, root: Path, n: int, warmup: int = 50) -> tuple[float,
     for _, item in zip(range(warmup), rows):
         one(item)
     done = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _, item in zip(range(n), rows):
         one(item)
         done += 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     if done == 0:
         raise RuntimeError(f"bare loop over {root}: no rows after the {warmup} warm-up rows")
-    return done / elapsed, done
+    return done / elapsed, done, cpu / done
 
 
 # ---------------------------------------------------------------- one `fer ingest` run
@@ -257,14 +258,20 @@ def _hwm(pid: int) -> int:
     return 0
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children and theirs (`fer` and the server it ran)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_fer(cmd: list[str], env: dict[str, str], logs: Path, interval: float, max_rss: int,
             timeout: float) -> dict[str, Any]:
-    """Run the command, sampling its memory; wall seconds, peaks, exit status and output."""
+    """Run the command, sampling its memory; wall and CPU seconds, peaks, exit status and output."""
     import psutil
 
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout.txt", "wb") as out, open(logs / "stderr.txt", "wb") as err:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _children_cpu()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 start_new_session=True)  # its own process group: killable as a whole
         try:
@@ -309,7 +316,7 @@ def run_fer(cmd: list[str], env: dict[str, str], logs: Path, interval: float, ma
             if proc.poll() is None:  # interrupted: leave no ingest running behind
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
     leftover = 0
     for p in seen.values():  # children of our child that outlived it (a server left behind) must not skew the next run
         try:
@@ -320,7 +327,7 @@ def run_fer(cmd: list[str], env: dict[str, str], logs: Path, interval: float, ma
             pass
     stdout = ANSI.sub("", (logs / "stdout.txt").read_text(errors="replace"))
     stderr = ANSI.sub("", (logs / "stderr.txt").read_text(errors="replace"))
-    return {"wall_s": wall, "exit": proc.returncode, "killed": killed, "peak_rss_fer": max(peak_fer, hwm),
+    return {"wall_s": wall, "cpu_s": cpu, "exit": proc.returncode, "killed": killed, "peak_rss_fer": max(peak_fer, hwm),
             "peak_rss_fer_sampled": peak_fer, "peak_rss_tree": max(peak_tree, hwm), "rss_samples": samples,
             "leftover_processes": leftover, "stdout": stdout, "stderr": stderr}
 
@@ -376,18 +383,24 @@ def pair_figures(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {
         "sizes": [a["rows"], b["rows"]],
         "marginal_rows_per_s": None if marginal is None else round(marginal, 1),
+        "marginal_cpu_ms_per_row": (round(1000 * (b["cpu_s"] - a["cpu_s"]) / dn, 3)
+                                    if "cpu_s" in a and "cpu_s" in b else None),
         "fixed_s": None if marginal is None else round(a["wall_s"] - a["rows"] / marginal, 2),
         "rss_slope_fer_b": round((b["peak_rss_fer_b"] - a["peak_rss_fer_b"]) / dn, 1),
         "rss_slope_tree_b": round((b["peak_rss_tree_b"] - a["peak_rss_tree_b"]) / dn, 1),
     }
 
 
-def judge(pair: dict[str, Any], bare: float) -> dict[str, Any]:
+def judge(pair: dict[str, Any], bare: float, bare_cpu_ms: float | None = None) -> dict[str, Any]:
+    """The goals on one pair of sizes; `cpu_ratio` (bare CPU a row / the ingest's marginal CPU a row,
+    1 = no work beyond the bare loop's) is reported beside them: other load on the machine hardly moves it."""
     marginal = pair["marginal_rows_per_s"]
     ratio = None if marginal is None else round(marginal / bare, 3)
     slope = max(pair["rss_slope_fer_b"], pair["rss_slope_tree_b"])
+    cpu = pair.get("marginal_cpu_ms_per_row")
     return {
         "ratio": ratio,
+        "cpu_ratio": round(bare_cpu_ms / cpu, 3) if bare_cpu_ms and cpu and cpu > 0 else None,
         "rss_slope": {"value_b": slope, "max_b": GOAL_RSS_SLOPE_B, "met": slope <= GOAL_RSS_SLOPE_B},
         "rate": {"value": ratio, "min_ratio": GOAL_RATIO, "met": ratio is not None and ratio >= GOAL_RATIO},
     }
@@ -436,9 +449,10 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
         log(f"{layout} {n:,}: generated {raw_bytes / 2**20:.0f} MiB in {gen_s:.1f} s")
         if k == 0:  # the bare loop on the smallest set, its files in the page cache as fer's are
             rates = [bare_rate(layout, raw, args.bare_rows) for _ in range(args.bare_repeats)]
-            result["bare_rows_per_s"] = round(max(r for r, _ in rates), 1)
+            result["bare_rows_per_s"] = round(max(r for r, _, _ in rates), 1)
+            result["bare_cpu_ms_per_row"] = round(1000 * min(c for _, _, c in rates), 3)
             result["bare_rows"] = rates[0][1]
-            result["bare_rows_per_s_all"] = [round(r, 1) for r, _ in rates]
+            result["bare_rows_per_s_all"] = [round(r, 1) for r, _, _ in rates]
             log(f"{layout}: bare loop {result['bare_rows_per_s']:.0f} rows/s ({rates[0][1]} rows, 1 core)")
         cmd = [*fer, "ingest", dataset, str(raw), "--out", str(out), "--runner", args.runner, *args.ingest_args]
         prefect_home = work / f"prefect_{layout}_{n}"
@@ -455,7 +469,8 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
         if (rows_read, n_samples, n_rejects, in_catalog) != (n, n, 0, n):
             raise RuntimeError(f"{dataset} at {n} rows: fer says {rows_read} rows read = {n_samples} samples + "
                                f"{n_rejects} rejects, catalog has {in_catalog} samples; expected {n} good rows")
-        run = {"rows": n, "wall_s": round(got["wall_s"], 2), "rows_per_s": round(n / got["wall_s"], 1),
+        run = {"rows": n, "wall_s": round(got["wall_s"], 2), "cpu_s": round(got["cpu_s"], 2),
+               "load_average": round(os.getloadavg()[0], 2), "rows_per_s": round(n / got["wall_s"], 1),
                "peak_rss_fer_b": got["peak_rss_fer"], "peak_rss_tree_b": got["peak_rss_tree"],
                "peak_rss_fer_mib": round(got["peak_rss_fer"] / 2**20, 1),
                "peak_rss_tree_mib": round(got["peak_rss_tree"] / 2**20, 1),
@@ -463,7 +478,8 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
                "catalog_samples": in_catalog, "raw_mib": round(raw_bytes / 2**20, 1), "generate_s": round(gen_s, 2),
                "out_mib": round(dir_bytes(out) / 2**20, 1), "leftover_processes": got["leftover_processes"]}
         result["runs"].append(run)
-        log(f"{layout} {n:,}: fer ingest {run['wall_s']:.1f} s = {run['rows_per_s']:.0f} rows/s, peak RSS "
+        log(f"{layout} {n:,}: fer ingest {run['wall_s']:.1f} s ({run['cpu_s']:.1f} s CPU, load "
+            f"{run['load_average']}) = {run['rows_per_s']:.0f} rows/s, peak RSS "
             f"{run['peak_rss_fer_mib']:.0f} MiB (tree {run['peak_rss_tree_mib']:.0f} MiB), {n_samples} samples")
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -475,7 +491,7 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
     result["pairs"] = [pair_figures(a, b) for a, b in zip(runs, runs[1:])]
     headline = result["pairs"][-1]  # the two largest sizes
     result.update({k: v for k, v in headline.items() if k != "sizes"}, judged_sizes=headline["sizes"])
-    result["goals"] = judge(headline, result["bare_rows_per_s"])
+    result["goals"] = judge(headline, result["bare_rows_per_s"], result["bare_cpu_ms_per_row"])
     result["ratio"] = result["goals"]["ratio"]
     return result
 
@@ -537,7 +553,9 @@ def main(argv: list[str] | None = None) -> None:
         log(f"  goal RSS slope <= {GOAL_RSS_SLOPE_B:.0f} B/sample: {g['rss_slope']['value_b']:.0f} "
             f"(fer {r['rss_slope_fer_b']:.0f}, tree {r['rss_slope_tree_b']:.0f}) "
             f"{'PASS' if g['rss_slope']['met'] else 'FAIL'}")
-        log(f"  goal marginal >= {GOAL_RATIO} x bare: {g['ratio']} {'PASS' if g['rate']['met'] else 'FAIL'}")
+        log(f"  goal marginal >= {GOAL_RATIO} x bare: {g['ratio']} {'PASS' if g['rate']['met'] else 'FAIL'} "
+            f"(CPU a row: {r['marginal_cpu_ms_per_row']} ms, bare {r['bare_cpu_ms_per_row']} ms, "
+            f"cpu_ratio {g['cpu_ratio']})")
     results["all_met"] = all(r["goals"]["rss_slope"]["met"] and r["goals"]["rate"]["met"]
                              for r in results["layouts"].values())
     print(json.dumps(results))

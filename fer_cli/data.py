@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -16,6 +15,9 @@ from rich.table import Table
 from fer_cli import env
 from fer_data.faces import BACKENDS, FACES
 from fer_data.settings import Settings
+
+if TYPE_CHECKING:  # pandas costs every `fer` command ~0.5 s to import: only the tables that print need it
+    import pandas as pd
 
 app = typer.Typer()  # merged into fer_cli.main's app
 console = Console()
@@ -32,6 +34,8 @@ class Format(str, Enum):
 
 def print_frame(df: pd.DataFrame, title: str | None = None, fmt: Format = Format.table) -> None:
     """A DataFrame as a rich table, CSV or JSON lines on stdout."""
+    import pandas as pd
+
     if fmt is Format.csv:
         typer.echo(df.to_csv(index=False), nl=False)
         return

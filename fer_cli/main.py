@@ -6,7 +6,8 @@ Lower layers say what is wrong by raising one of `USER_ERRORS` with a message th
 
 from __future__ import annotations
 
-import duckdb
+import sys
+
 import typer
 from typer.core import TyperGroup
 
@@ -14,8 +15,15 @@ from fer_cli import data, env, predict, report, train, view
 
 # What a command's mistake raises: a bad value or name (ValueError, KeyError; fer_data's QueryError,
 # BadRow and fer_models' RunFolderError are ValueErrors), a path that is not there or not usable
-# (LayoutError is a FileNotFoundError), and DuckDB's refusals. Anything else is a bug: a traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError, duckdb.Error)
+# (LayoutError is a FileNotFoundError), and DuckDB's refusals (`user_errors`). Anything else is a bug: a traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """`USER_ERRORS`, and duckdb.Error once a command has imported DuckDB: only then can one be raised, and
+    importing it for every command (`fer --help`, `fer train`, `fer fold-summary`) would cost each ~0.3 s."""
+    duckdb = sys.modules.get("duckdb")
+    return (*USER_ERRORS, duckdb.Error) if duckdb else USER_ERRORS
 
 
 def one_line(err: BaseException) -> str:
@@ -32,8 +40,8 @@ class Fer(TyperGroup):
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as err:
-            if ctx.params.get("debug"):
+        except Exception as err:
+            if not isinstance(err, user_errors()) or ctx.params.get("debug"):
                 raise
             typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(code=2) from None

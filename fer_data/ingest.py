@@ -113,11 +113,11 @@ def load(rec: Record, segments: int, sampling: Sampling = Sampling("tsn"), detec
 
 
 def _load(rec: Record, segments: int, sampling: Sampling, detect: Detect | None, max_detections: int) -> Loaded:
-    path = Path(rec.source_path)
     if rec.pixels is not None:
         data = np.ascontiguousarray(rec.pixels).tobytes()
         rgb = np.stack([rec.pixels] * 3, axis=-1) if rec.pixels.ndim == 2 else rec.pixels
         return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {})
+    path = Path(rec.source_path)
     if not path.exists():
         raise BadRow("missing_file", f"{path} does not exist")
     if rec.kind == "image" and rec.frame_index is None:
@@ -477,8 +477,14 @@ def _content(path: str) -> str | None:
 
 def relative(source_path: str, root: str) -> str:
     """A source path as the catalog keeps it: relative to the dataset's raw root (`ingests.raw_root`),
-    so a catalog, its Parquet and its fingerprints are the same wherever the data sits."""
-    return os.path.relpath(source_path, root) if os.path.isabs(source_path) else source_path
+    so a catalog, its Parquet and its fingerprints are the same wherever the data sits. `root` is resolved
+    (no `..`, no trailing separator): a normalized path under it is then its tail, without relpath's
+    two abspath calls (twice a row: the input key and the catalog row)."""
+    if not os.path.isabs(source_path):
+        return source_path
+    if source_path.startswith(root + os.sep) and os.path.normpath(source_path) == source_path:
+        return source_path[len(root) + 1:]
+    return os.path.relpath(source_path, root)
 
 
 

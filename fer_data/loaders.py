@@ -3,13 +3,19 @@
 Missing labels become the ignore value of the loss: -100 for class targets, a 0 mask for
 AUs and valence/arousal. Shard shuffling, node and worker splitting are always explicit
 (WebDataset repeats samples otherwise); a train loader has a fixed epoch length.
+
+The trainer reads its training samples through `make_rank_loader` instead: an index of the shards'
+members (`IndexedSamples`) lets every rank and worker read exactly its share of one seeded permutation,
+so an epoch is exact over any number of processes, whatever the shards' number and sizes.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import multiprocessing
+import typing
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -108,10 +114,10 @@ def samples_source(fold: int | None = None) -> str:
             "WHERE TRY_CAST(extra->>'fold' AS INTEGER) IS NOT NULL)")
 
 
-def select(catalog_path: str | Path, where: str, root: str | Path | None = None,
-           fold: int | None = None) -> tuple[list[str], set[str]]:
-    """Shard URLs and sample ids of a SQL selection over `samples` (e.g. "dataset='rafdb' AND split='train'");
-    with `fold`, over `samples_source(fold)`.
+def sample_shards(catalog_path: str | Path, where: str, root: str | Path | None = None,
+                  fold: int | None = None) -> dict[str, str]:
+    """sample id -> URL of its shard, for a SQL selection over `samples` (e.g. "dataset='rafdb' AND
+    split='train'"); with `fold`, over `samples_source(fold)`.
 
     Shard paths in the catalog are relative to the folder holding it, unless `root` says otherwise
     (a local folder or an fsspec URL such as s3://bucket/data). `where` comes from config files and
@@ -122,7 +128,14 @@ def select(catalog_path: str | Path, where: str, root: str | Path | None = None,
     if df.empty:
         raise ValueError(f"no sharded samples in {catalog_path} match: {where}" + (f" (fold {fold})" if fold else ""))
     base = str(root if root is not None else Path(catalog_path).resolve().parent).rstrip("/")
-    return [f"{base}/{s}" for s in sorted(df.shard.unique())], set(df.sample_id)
+    return {sample_id: f"{base}/{shard}" for sample_id, shard in zip(df.sample_id, df.shard)}
+
+
+def select(catalog_path: str | Path, where: str, root: str | Path | None = None,
+           fold: int | None = None) -> tuple[list[str], set[str]]:
+    """Shard URLs and sample ids of a selection (`sample_shards`)."""
+    shard_of = sample_shards(catalog_path, where, root, fold)
+    return sorted(set(shard_of.values())), set(shard_of)
 
 
 def au_rates(catalog_path: str | Path, where: str, aus: Sequence[int] = (),
@@ -138,6 +151,16 @@ def au_rates(catalog_path: str | Path, where: str, aus: Sequence[int] = (),
     return {int(au): float(rate) for au, rate in zip(df.au, df.rate)}
 
 
+def _worker_context(num_workers: int) -> str | None:
+    """forkserver, not fork: the loader often runs inside a Prefect flow, whose threads a fork would copy.
+    Workers restart every epoch; preloading torch and this module in the server makes that 0.1 s, not
+    8 s of imports per worker (Python 3.11's forkserver does not preload __main__'s imports)."""
+    if not num_workers:
+        return None
+    multiprocessing.set_forkserver_preload(["torch", "fer_data.loaders"])
+    return "forkserver"
+
+
 def make_loader(
     urls: str | Sequence[str],
     tasks: Sequence[str] = ("emotion",),
@@ -151,13 +174,14 @@ def make_loader(
     seed: int = 0,
 ) -> wds.WebLoader:
     """A loader over WebDataset shards. Train: shuffled shards and samples, repeated to `epoch_samples`
-    per epoch (default: one pass). Eval: every sample once, in shard order, last batch kept.
+    per epoch (default: one pass), shards split over the ranks of a process group. Eval: every sample once,
+    in shard order, last batch kept, in whichever process reads it.
     `sample_ids` restricts to a selection (see `select`)."""
     urls = [urls] if isinstance(urls, str) else list(urls)
     dataset = wds.WebDataset(
         urls,
         shardshuffle=len(urls) if train else False,
-        nodesplitter=wds.split_by_node,
+        nodesplitter=wds.split_by_node if train else None,  # one rank scores the whole set
         workersplitter=wds.split_by_worker,
         seed=seed,
         empty_check=False,
@@ -169,14 +193,108 @@ def make_loader(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     dataset = dataset.map(partial(_to_example, tasks=tuple(tasks), aus=tuple(aus)))
     dataset = dataset.batched(batch_size, collation_fn=_collate, partial=not train)
-    # forkserver, not fork: the loader often runs inside a Prefect flow, whose threads a fork would copy.
-    # Workers restart every epoch; preloading torch and this module in the server makes that 0.1 s, not
-    # 8 s of imports per worker (Python 3.11's forkserver does not preload __main__'s imports).
-    context = "forkserver" if num_workers else None
-    if num_workers:
-        multiprocessing.set_forkserver_preload(["torch", "fer_data.loaders"])
-    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, multiprocessing_context=context,
-                           persistent_workers=False)
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers,
+                           multiprocessing_context=_worker_context(num_workers), persistent_workers=False)
     if train and epoch_samples is not None:
         loader = loader.with_epoch(max(1, epoch_samples // batch_size))  # batches, over all workers
     return loader
+
+
+# Training over several processes: exact epochs from an index of the shards ------------------------------
+
+Members = dict[str, tuple[int, int]]  # a sample's members in its tar: extension -> (data offset, size)
+
+
+def index_shard(url: str) -> dict[str, Members]:
+    """WebDataset key -> its members' positions, from the tar's headers (the data is skipped, not read)."""
+    import tarfile
+
+    index: dict[str, Members] = {}
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                key, _, ext = member.name.partition(".")
+                index.setdefault(key, {})[ext] = (member.offset_data, member.size)
+    return index
+
+
+class IndexedSamples(torch.utils.data.Dataset):
+    """The selected samples by position in a sorted id list, each read straight from its shard by offset
+    (one seek a member): any order, any split over ranks and workers, no shard read twice an epoch.
+    An item is a `Slot`; a padding slot's sample comes back with `pad` set (the trainer weighs it 0)."""
+
+    def __init__(self, shard_of: dict[str, str], tasks: Sequence[str] = ("emotion",), aus: Sequence[int] = ()) -> None:
+        from fer_data.shards import sample_key
+
+        self.ids = sorted(shard_of)
+        self.tasks, self.aus = tuple(tasks), tuple(aus)
+        indexes = {url: index_shard(url) for url in sorted(set(shard_of.values()))}
+        missing = [i for i in self.ids if sample_key(i) not in indexes[shard_of[i]]]
+        if missing:
+            raise ValueError(f"{len(missing)} selected samples are not in their shards (a stale catalog?), "
+                             f"e.g. {missing[0]} in {shard_of[missing[0]]}")
+        self.where = [(shard_of[i], indexes[shard_of[i]][sample_key(i)]) for i in self.ids]
+        self._files: dict[str, Any] = {}  # this process's open shards
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self) -> dict[str, Any]:  # workers open their own files
+        return {**self.__dict__, "_files": {}}
+
+    def _read(self, url: str, offset: int, size: int) -> bytes:
+        if url not in self._files:
+            self._files[url] = fsspec.open(url, "rb").open()
+        f = self._files[url]
+        f.seek(offset)
+        return f.read(size)
+
+    def __getitem__(self, slot: "Slot") -> tuple[torch.Tensor, dict[str, Any]]:
+        url, members = self.where[slot.index]
+        sample = {ext: self._read(url, *at) for ext, at in members.items()}
+        pixels, targets = _to_example(sample, self.tasks, self.aus)
+        return pixels, {**targets, "pad": torch.tensor(slot.pad), "batch_total": torch.tensor(slot.batch_total)}
+
+
+class Slot(typing.NamedTuple):
+    """One place in a rank's batch: the sample, whether it only pads an empty share, and how many real
+    samples the global batch holds over all ranks (what the trainer weighs this rank's loss against)."""
+
+    index: int
+    pad: bool
+    batch_total: int
+
+
+def epoch_order(n: int, seed: int, epoch_samples: int | None = None) -> list[int]:
+    """Positions of `n` samples in the epoch seeded by `seed`: one permutation, the same on every rank
+    (`epoch_samples` past n: further permutations, cut at epoch_samples)."""
+    total = epoch_samples or n
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < total:
+        order += torch.randperm(n, generator=generator).tolist()
+    return order[:total]
+
+
+def rank_batches(order: Sequence[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[Slot]]:
+    """This rank's batches of an epoch: `order` cut into ceil(len / batch_size) global batches of
+    near-equal size (no short last batch), each dealt over the ranks in turn, so every rank takes the
+    same number of steps and together they read each position of `order` once. A rank whose share of
+    a batch is empty (a global batch smaller than the world) gets one padding slot."""
+    n_batches = math.ceil(len(order) / batch_size)
+    bounds = [round(i * len(order) / n_batches) for i in range(n_batches + 1)]
+    batches = []
+    for start, end in zip(bounds, bounds[1:]):
+        mine = order[start + rank:end:world]
+        batches.append([Slot(i, False, end - start) for i in mine] or [Slot(order[start], True, end - start)])
+    return batches
+
+
+def make_rank_loader(dataset: IndexedSamples, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                     epoch_samples: int | None = None, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """One epoch of training batches for this rank (`rank_batches` over `epoch_order`): together the
+    ranks see every selected sample once (epoch_samples: that many, the selection repeated as needed),
+    in the same global batches whatever the number of ranks."""
+    batches = rank_batches(epoch_order(len(dataset), seed, epoch_samples), batch_size, rank, world)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers,
+                                       multiprocessing_context=_worker_context(num_workers))

@@ -22,7 +22,8 @@ from fer_models.registry import method_defaults, require
 # Settings that decide where a run goes and how fast, not what it learns. They stay out of `digest`,
 # so a run keeps its folder (and resumes) on another device or with more loader workers; like any
 # rerun on other hardware, those may round or order batches differently, but the experiment is the same.
-EXECUTION_ONLY = ("out", "num_workers", "device", "threads")
+EXECUTION_ONLY = ("out", "num_workers", "device", "threads", "devices", "nnodes", "node_rank", "master_addr",
+                  "master_port", "log_seen", "compile", "activation_checkpointing", "channels_last", "world_size")
 PEFT_MODES = ("lp", "ft4", "lora", "dora", "lora_plus", "dora_plus", "mtlora")  # how multitask tunes its backbone
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "exponential", "plateau", "constant")
@@ -35,7 +36,8 @@ DATA_KEYS = ("catalog", "train_where", "val_where", "test_where", "fold", *EXECU
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 BOUNDS = {  # numeric settings' valid ranges (None, where a field allows it, means "not set")
     "epochs": (1, math.inf), "batch_size": (1, math.inf), "grad_accum": (1, math.inf), "rank": (1, math.inf),
-    "epoch_samples": (1, math.inf), "fold": (1, math.inf), "image_size": (1, math.inf), "num_workers": (0, math.inf), "threads": (0, math.inf),
+    "epoch_samples": (1, math.inf), "fold": (1, math.inf), "devices": (1, math.inf), "nnodes": (1, math.inf),
+    "node_rank": (0, math.inf), "master_port": (1, 65535), "image_size": (1, math.inf), "num_workers": (0, math.inf), "threads": (0, math.inf),
     "early_stop_patience": (0, math.inf), "lr": (0, math.inf), "weight_decay": (0, math.inf),
     "warmup_fraction": (0, 1), "dropout": (0, 1), "mae_mask_ratio": (0, 1),
     "cafe_drop_channels": (0, math.inf), "momentum": (0, 1), "lr_reference_batch": (1, math.inf), "grad_clip": (0, math.inf), "lr_gamma": (0, 1),
@@ -167,6 +169,21 @@ class TrainConfig:
     # core, faster for large models on CPU, but the weights then depend on the machine's core count.
     threads: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # Several processes (fer_models.distributed): `devices` per machine (GPUs, or CPU processes), on `nnodes`
+    # machines, this one `node_rank`, all meeting at master_addr:master_port (None: a free port on one
+    # machine, torchrun's 29500 across several). `batch_size` stays the global batch, split over them.
+    devices: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    world_size: int = 1  # filled by the trainer (devices x nnodes): what config.json records of the run
+    log_seen: bool = False  # write seen.json: samples read per epoch over all processes, and how many distinct
+    # GPU speed and memory: torch.compile the model, recompute activations in the backward (open_clip's
+    # set_grad_checkpointing, where the backbone has it), channels-last images and weights
+    compile: bool = False
+    activation_checkpointing: bool = False
+    channels_last: bool = False
     # The run folder. Default runs/<method>[-<peft> for multitask]-<first 8 hex of digest()>: a folder
     # belongs to one configuration, so two experiments never share (and mix) checkpoints, and running
     # the same command again finds its own run to resume.
@@ -241,6 +258,8 @@ def check_values(values: dict[str, Any]) -> None:
     device = values.get("device", "auto")
     if device != "auto" and device.split(":")[0] not in DEVICE_TYPES:
         raise ValueError(f"device {device!r}: expected auto or one of {', '.join(DEVICE_TYPES)} (cuda:N)")
+    if values.get("node_rank", 0) >= values.get("nnodes", 1):
+        raise ValueError(f"node_rank={values['node_rank']}: expected 0 to nnodes - 1 ({values.get('nnodes', 1) - 1})")
     for name, choices in CHOICES.items():
         if name in values and values[name] not in choices:
             raise ValueError(f"{name} {values[name]!r}: expected one of {', '.join(map(str, choices))}")

@@ -4,7 +4,9 @@ device (fer_models.augment), gradient accumulation, bf16 autocast on GPU (fp32 o
 checkpoint/resume, dvclive, early stopping.
 
 Every epoch reseeds from (seed, epoch), and its loader shuffles with the same pair, so a run
-resumed from an epoch checkpoint continues exactly as the uninterrupted run would have.
+resumed from an epoch checkpoint continues exactly as the uninterrupted run would have, with the same
+or another number of processes (`devices`, `nnodes`: fer_models.distributed; `batch_size` is the
+global batch, and each epoch reads every training sample once over all ranks).
 
 A run folder holds one configuration (`claim_run`): the same configuration resumes from its
 checkpoint, another one is refused unless the folder is overwritten. What DVC hashes of a run
@@ -25,7 +27,7 @@ import reprlib
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,8 @@ import torch
 from torch import nn
 
 from fer_data.catalog import QueryError
-from fer_data.loaders import au_rates, make_loader, select
+from fer_data.loaders import IndexedSamples, au_rates, make_loader, make_rank_loader, sample_shards
+from fer_models import distributed
 from fer_models.augment import augment, mix, permuted, take_frames
 from fer_models.config import AUGMENT_OPS, EXECUTION_ONLY, TrainConfig, config_digest
 from fer_models.evaluate import evaluate, write_report
@@ -46,9 +49,10 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.json"
 SPEED = "speed.json"  # images/s of each epoch: a timing, never the same twice, so nothing DVC tracks
+SEEN = "seen.json"  # with log_seen: samples read per epoch over all ranks, and how many distinct
 # What a training run writes in its folder: `overwrite` removes these and never another file. `eval`
 # is `fer evaluate`'s default output, made from the run's best.pt.
-RUN_FILES = (CONFIG, CHECKPOINT, BEST, "metrics.json", "plots", "dvclive", SPEED, "eval")
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, "metrics.json", "plots", "dvclive", SPEED, SEEN, "eval")
 FIGURE_SAMPLES = 8  # test images the method's figures show
 
 
@@ -218,19 +222,25 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, plateau: dict[str, float])
 
 @dataclass
 class Split:
-    urls: list[str]
-    ids: set[str]
+    shard_of: dict[str, str]  # sample id -> URL of its shard
+
+    @property
+    def urls(self) -> list[str]:
+        return sorted(set(self.shard_of.values()))
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self.shard_of)
 
 
 def _split(cfg: TrainConfig, where: str) -> Split | None:
-    """The selection's shards and ids; None when no sample matches (a broken selection is an error)."""
+    """The selection's samples and shards; None when no sample matches (a broken selection is an error)."""
     try:
-        urls, ids = select(cfg.catalog, where, fold=cfg.fold)
+        return Split(sample_shards(cfg.catalog, where, fold=cfg.fold))
     except QueryError:
         raise
     except ValueError:
         return None
-    return Split(urls, ids)
 
 
 def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Split | None]]:
@@ -332,17 +342,73 @@ def primary_metric(metrics: dict[str, Any]) -> float:
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train `cfg.method` in `cfg.out` (see `claim_run` for `resume` / `overwrite`) on `cfg.threads` CPU
-    threads; returns the test metrics. `stop_after_epoch` simulates an interruption (tests)."""
+    threads; returns the test metrics. `stop_after_epoch` simulates an interruption (tests). With
+    devices x nnodes > 1 this process runs torch's elastic launcher, whose workers (`_worker`) train
+    together (fer_models.distributed); it returns rank 0's metrics."""
+    if distributed.world_size(cfg) > 1:
+        return distributed.launch(_worker, cfg, resume, overwrite, stop_after_epoch)
     with cpu_threads(cfg.threads):
-        return _train(cfg, resume, overwrite, stop_after_epoch)
+        return _train(cfg, resume, overwrite, stop_after_epoch, pick_device(cfg.device))
 
 
-def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: int | None) -> dict[str, Any]:
-    cfg, data, ckpt = prepare(cfg, resume, overwrite)
+def _worker(config: dict[str, Any], resume: bool, overwrite: bool, stop_after_epoch: int | None) -> dict[str, Any]:
+    """One launched process (the launcher's entry point): join the process group, train, leave it."""
+    cfg = TrainConfig(**config)
+    if not logging.getLogger().handlers:  # a fresh (spawned) process: rank 0's epoch lines, everyone's warnings
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    device = distributed.init(pick_device(cfg.device))
+    if distributed.is_main():
+        logging.getLogger("fer_models").setLevel(logging.INFO)
+    try:
+        with cpu_threads(cfg.threads):
+            return _train(cfg, resume, overwrite, stop_after_epoch, device)
+    finally:
+        distributed.shutdown()
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing wherever a module offers it (open_clip / timm towers' `set_grad_checkpointing`):
+    blocks recompute their activations in the backward, so PE-Core-L at 336 px fits a larger batch."""
+    found = [m for m in model.modules() if hasattr(m, "set_grad_checkpointing")]
+    if not found:
+        raise ValueError(f"activation_checkpointing: {type(model).__name__}'s backbone has no set_grad_checkpointing")
+    for module in found:
+        module.set_grad_checkpointing(True)
+
+
+def parallel(model: Method, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """What the training step calls the model through: DDP over what the generator's optimizer trains when
+    there are several ranks (frozen parameters need no sync; an adversary, stepped on its own after the
+    main backward, is left out and its gradients averaged by the trainer), compiled with `compile`.
+    find_unused_parameters stays off: every trainable parameter gets a gradient each step (a batch
+    without a task's labels still backpropagates zeros through its head: losses.masked_cross_entropy)."""
+    forward: nn.Module = model
+    if distributed.world() > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        adversary = {id(p) for g in model.adversary_param_groups(cfg) for p in g["params"]}
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [n for n, p in model.named_parameters() if id(p) in adversary])
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(forward) if cfg.compile else forward
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: int | None,
+           device: torch.device) -> dict[str, Any]:
+    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world()
+    cfg = dataclasses.replace(cfg, world_size=world)
+    # rank 0 checks and claims the run folder; the others take its selections and checkpoint (no shared disk needed)
+    cfg, data, ckpt = distributed.broadcast(prepare(cfg, resume, overwrite) if main else None)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     model = build_seeded(cfg).to(device)
+    if world > 1 and device.type == "cuda":  # BatchNorm statistics over the global batch, as one process has them
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.activation_checkpointing:
+        enable_checkpointing(model)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     epoch_samples = cfg.epoch_samples or len(data["train"].ids)
     steps_per_epoch = math.ceil(math.ceil(epoch_samples / cfg.batch_size) / cfg.grad_accum)
     optimizer = build_optimizer(model, cfg)
@@ -351,7 +417,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
     adversary = model.adversary_param_groups(cfg)
     adversary_opt = torch.optim.AdamW(adversary, weight_decay=cfg.weight_decay) if adversary else None
     state = {"epoch": 0, "best": -math.inf, "stale": 0, "history": [], "lr_scale": 1.0, "plateau_wait": 0}
-    speed = []  # images/s per epoch (SPEED)
+    speed, seen = [], []  # images/s per epoch (SPEED); samples read per epoch (SEEN)
     if ckpt is not None:
         load_state(model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -360,42 +426,60 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
             adversary_opt.load_state_dict(ckpt["adversary_optimizer"])
         state = {"lr_scale": 1.0, "plateau_wait": 0, **ckpt["state"]}
         plateau["scale"] = state["lr_scale"]
-        speed = json.loads((out / SPEED).read_text()) if (out / SPEED).exists() else []
+        speed = json.loads((out / SPEED).read_text()) if main and (out / SPEED).exists() else []
+        seen = json.loads((out / SEEN).read_text()) if main and (out / SEEN).exists() else []
         log.warning("resuming %s from epoch %d of %d (same configuration, %s)", out, state["epoch"], cfg.epochs,
                     cfg.digest()[:8])
     else:
         log.info("training %s into %s (configuration %s)", cfg.method, out, cfg.digest()[:8])
-    (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
+    forward = parallel(model, cfg, device)
+    if main:
+        (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
+    train_set = IndexedSamples(data["train"].shard_of, model.tasks, cfg.aus)
 
     from dvclive import Live
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with Live(str(out / "dvclive"), resume=state["epoch"] > 0, dvcyaml=None, save_dvc_exp=False) as live:
+    live_log = Live(str(out / "dvclive"), resume=state["epoch"] > 0, dvcyaml=None, save_dvc_exp=False) if main else None
+    with live_log or nullcontext() as live:
         for epoch in range(state["epoch"], cfg.epochs):
-            seed_everything(cfg.seed * 1000 + epoch)
+            seed_everything(cfg.seed * 1000 + epoch + 7919 * rank)  # each rank its own augmentation draws
             model.train()
-            loader = make_loader(data["train"].urls, model.tasks, cfg.batch_size,
-                                 train=True, num_workers=cfg.num_workers, aus=cfg.aus, epoch_samples=epoch_samples,
-                                 sample_ids=data["train"].ids, seed=cfg.seed * 1000 + epoch)
+            loader = make_rank_loader(train_set, cfg.batch_size, seed=cfg.seed * 1000 + epoch, rank=rank, world=world,
+                                      epoch_samples=epoch_samples, num_workers=cfg.num_workers)
+            n_steps = len(loader)
             totals: dict[str, float] = {}
-            n_batches, n_images, started = 0, 0, time.perf_counter()
+            consumed: list[str] = []  # the real samples this rank trained on (log_seen)
+            n_images, started = 0, time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             for i, (images, targets) in enumerate(loader):
+                real = ~targets.pop("pad")
+                # this rank's share of the global batch: DDP averages over ranks, so a loss weighed by
+                # world x share sums to the global batch's mean; padding (an empty share) weighs 0
+                share = float(real.sum()) / float(targets.pop("batch_total")[0])
+                weight = world * share
+                if cfg.log_seen:
+                    consumed += [sid for sid, keep in zip(targets["sample_id"], real.tolist()) if keep]
                 images = take_frames(images.to(device, non_blocking=True), cfg.frames)
+                if images.dim() == 4:
+                    images = images.contiguous(memory_format=memory_format)
                 targets = {k: v.to(device) for k, v in targets.items() if torch.is_tensor(v)}
                 if cfg.augment:
                     images = augment(images, cfg)
                 mixed = mix(images, cfg)
-                with autocast:
-                    outputs = model(images if mixed is None else mixed[0])
-                    loss, parts = model.loss(outputs, targets)
-                    if mixed is not None:  # soft targets: lam on each sample's label, 1 - lam on its partner's
-                        _, perm, lam = mixed
-                        partner, partner_parts = model.loss(outputs, permuted(targets, perm))
-                        loss = lam * loss + (1 - lam) * partner
-                        parts = {k: lam * v + (1 - lam) * partner_parts.get(k, v) for k, v in parts.items()}
-                (loss / cfg.grad_accum).backward()
-                if (i + 1) % cfg.grad_accum == 0:
+                stepping = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_steps
+                sync = nullcontext() if stepping or world == 1 else forward.no_sync()
+                with sync:
+                    with autocast:
+                        outputs = forward(images if mixed is None else mixed[0])
+                        loss, parts = model.loss(outputs, targets)
+                        if mixed is not None:  # soft targets: lam on each sample's label, 1 - lam on its partner's
+                            _, perm, lam = mixed
+                            partner, partner_parts = model.loss(outputs, permuted(targets, perm))
+                            loss = lam * loss + (1 - lam) * partner
+                            parts = {k: lam * v + (1 - lam) * partner_parts.get(k, v) for k, v in parts.items()}
+                    (loss * weight / cfg.grad_accum).backward()
+                if stepping:
                     if cfg.grad_clip:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
@@ -405,34 +489,33 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
                     adversary_opt.zero_grad(set_to_none=True)
                     with autocast:
                         adversary_loss, adversary_parts = model.adversary_loss(outputs, targets)
-                    adversary_loss.backward()
+                    (adversary_loss * weight).backward()
+                    distributed.average_gradients(p for g in adversary for p in g["params"])
                     adversary_opt.step()
                     parts = {**parts, **adversary_parts}
-                for k, v in {"loss": float(loss.detach()), **parts}.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                n_batches += 1
-                n_images += len(images)
-            if not n_batches:  # the train loader drops a last partial batch
-                raise ValueError(f"no full training batch: fewer than batch_size={cfg.batch_size} samples match "
-                                 f"{cfg.train_where!r}; lower batch_size")
-            if n_batches % cfg.grad_accum:
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            logs = {f"train/{k}": v / max(1, n_batches) for k, v in totals.items()}
-            speed.append({"epoch": epoch + 1, "images_per_s": round(n_images / (time.perf_counter() - started), 2)})
-            if data["val"] is not None:
-                val = evaluate(model, data["val"].urls, data["val"].ids, cfg, device)
-                logs.update({f"val/{k}": v for k, v in val.metrics.items() if isinstance(v, float)})
-                score = primary_metric(val.metrics)
-            else:
-                score = -logs["train/loss"]
-            for k, v in logs.items():
-                if v is not None and math.isfinite(v):
-                    live.log_metric(k, v)
-            live.next_step()
+                for k, v in {"loss": float(loss.detach()), **parts}.items():  # summed as global-batch means
+                    totals[k] = totals.get(k, 0.0) + v * share
+                n_images += int(real.sum())
+            names = sorted(totals)
+            summed = distributed.all_reduce_sum(torch.tensor([totals[k] for k in names] + [n_images], dtype=torch.float64))
+            logs = {f"train/{k}": float(v) / max(1, n_steps) for k, v in zip(names, summed.tolist())}
+            speed.append({"epoch": epoch + 1, "images_per_s": round(float(summed[-1]) / (time.perf_counter() - started), 2)})
+            if cfg.log_seen:
+                everyone = [sid for ids in distributed.all_gather(consumed) for sid in ids]
+                seen.append({"epoch": epoch + 1, "seen": len(everyone), "distinct": len(set(everyone))})
+            score = None
+            if main:  # rank 0 alone validates; every rank takes its score, so all stop and decay alike
+                if data["val"] is not None:
+                    val = evaluate(model, data["val"].urls, data["val"].ids, cfg, device)
+                    logs.update({f"val/{k}": v for k, v in val.metrics.items() if isinstance(v, float)})
+                    score = primary_metric(val.metrics)
+                else:
+                    score = -logs["train/loss"]
+                for k, v in logs.items():
+                    if v is not None and math.isfinite(v):
+                        live.log_metric(k, v)
+                live.next_step()
+            logs, score = distributed.broadcast((logs, score))
             improved = score > state["best"]
             state.update(epoch=epoch + 1, best=max(score, state["best"]), stale=0 if improved else state["stale"] + 1)
             if cfg.schedule == "plateau":  # ReduceLROnPlateau's rule, on the number best.pt follows
@@ -443,19 +526,24 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
                     log.info("epoch %d: LR x %g after %d epochs without improvement", epoch + 1,
                              cfg.plateau_factor, cfg.plateau_patience)
             state["history"].append({"epoch": epoch + 1, **logs})
-            if improved:
-                torch.save(saved_state(model), out / BEST)
-            torch.save({"model": saved_state(model), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": state,
-                        "adversary_optimizer": adversary_opt.state_dict() if adversary_opt else None}, out / CHECKPOINT)
-            (out / SPEED).write_text(json.dumps(speed, indent=2))
-            log.info("epoch %d: %s, %.1f images/s", epoch + 1, {k: round(v, 4) for k, v in logs.items()},
-                     speed[-1]["images_per_s"])
+            if main:
+                if improved:
+                    torch.save(saved_state(model), out / BEST)
+                torch.save({"model": saved_state(model), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "state": state,
+                            "adversary_optimizer": adversary_opt.state_dict() if adversary_opt else None}, out / CHECKPOINT)
+                (out / SPEED).write_text(json.dumps(speed, indent=2))
+                if cfg.log_seen:
+                    (out / SEEN).write_text(json.dumps(seen, indent=2))
+                log.info("epoch %d: %s, %.1f images/s", epoch + 1, {k: round(v, 4) for k, v in logs.items()},
+                         speed[-1]["images_per_s"])
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 return {}
             if cfg.early_stop_patience and state["stale"] >= cfg.early_stop_patience:
                 log.warning("early stop after epoch %d (%d epochs without val improvement)", epoch + 1, state["stale"])
                 break
+    if not main:  # rank 0 scores the best weights on the whole test set
+        return {}
     load_state(model, load_checkpoint(out / BEST))
     test = data["test"] or data["val"]
     if test is None:

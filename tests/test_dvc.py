@@ -119,8 +119,8 @@ def contributing_params(params: Path, sections: list[str], overrides: list[str],
 def test_every_training_stage_depends_on_exactly_the_params_its_config_reads(
         repo: Path, stages: dict[str, Stage], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     training = {name: s for name, s in stages.items() if s.cmd.startswith("fer train ")}
-    assert {"train@lp", "train@lora", "thesis", "cafe@rafdb", "auformer@1", "pe_clip@1",
-            "pe_clip_ferv39k", "mae_pretrain", "pf_vit"} <= set(training)
+    assert {"train@lp", "train@lora", "thesis", "cafe@rafdb", "auformer@1", "auformer_disfa@3", "pe_clip@1",
+            "pe_clip_ferv39k", "mae_pretrain", "pf_vit", "mae_vit"} <= set(training)
     wrong = {}
     for name, stage in training.items():
         params, sections, overrides, recipe = load_call(stage.cmd, monkeypatch)
@@ -151,6 +151,19 @@ def test_protocol_stages_score_the_papers_test_sets(stages: dict[str, Stage]) ->
     thesis = shlex.split(stages["thesis_eval"].cmd)
     assert thesis[thesis.index("--datasets") + 1] == "vggface2,utkface:all,fairface:val,rafdb"
     assert thesis[thesis.index("--tasks") + 1] == "emotion,age_bin,gender"
+
+
+def test_every_k_fold_protocol_has_a_run_per_fold_and_a_summary_of_them(stages: dict[str, Stage]) -> None:
+    """params.yaml `folds`: BP4D and DISFA 3 folds (AUFormer), DFEW 5 (PE-CLIP); METHOD_folds averages
+    exactly the metrics of that method's fold runs."""
+    folds = yaml.safe_load((ROOT / "params.yaml").read_text())["folds"]
+    assert {"auformer": [1, 2, 3], "auformer_disfa": [1, 2, 3], "pe_clip": [1, 2, 3, 4, 5]}.items() <= folds.items()
+    for method, ks in folds.items():
+        runs = sorted(name for name in stages if name.split("@")[0] == method)
+        assert runs == [f"{method}@{k}" for k in ks]
+        assert f"--section {method} --set fold=" in " ".join(stages[runs[0]].cmd.split())
+        metrics = sorted(o for run in runs for o in stages[run].outs if o.endswith("/metrics.json"))
+        assert sorted(stages[f"{method}_folds"].deps) == metrics, method
 
 
 def test_training_commands_overwrite_their_run_folder(stages: dict[str, Stage]) -> None:

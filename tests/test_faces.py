@@ -184,6 +184,48 @@ def test_tiny_fer2013_crops_are_enlarged_and_box_takes_the_rest(fer2013_root: Pa
     assert 0 < int(frontal.output.splitlines()[1]) <= by["centerface"]
 
 
+def test_centerface_canvas_fits_the_batch_and_finds_the_same_faces(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """CenterFace runs on the batch's largest image rounded up to its stride of 32, not on a fixed
+    320 px square: 256x192 video frames cost a 256x192 pass (under half of 320x320). The faces are
+    the same as on the 320 square (each image padded to it by hand): boxes and landmarks within 2 px,
+    on the sample clips' frames (every sample photo) and the six-face group photo shrunk to 320 px.
+    A 48 px crop is still enlarged to 128 px first, on a 128 px canvas."""
+    import cv2
+
+    from fer_data.faces.detectors import CenterFaceDetector
+    from fer_data.samples.video import PHOTOS, write_face_video
+    from fer_data.video import Clip
+
+    frames = []
+    for i in range(len(PHOTOS)):
+        write_face_video(tmp_path / f"{i}.mp4", 4, index=i)
+        frames.append(Clip(tmp_path / f"{i}.mp4", 2**19).read([2])[0])
+    group = np.asarray(Image.open(T1).convert("RGB"))
+    group = cv2.resize(group, (320, round(320 * group.shape[0] / group.shape[1])), interpolation=cv2.INTER_AREA)
+    detect = CenterFaceDetector(threads=2)
+    shapes: list[tuple[int, ...]] = []
+    run = detect.sess.run
+
+    def recorded(names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        shapes.append(feeds["input.1"].shape)
+        return run(names, feeds)
+
+    monkeypatch.setattr(detect.sess, "run", recorded)
+    for images, canvas in ((frames, (192, 256)), ([group], (224, 320))):
+        fitted = detect(images)
+        square = detect([np.pad(im, ((0, 320 - im.shape[0]), (0, 320 - im.shape[1]), (0, 0))) for im in images])
+        assert shapes[-2:] == [(len(images), 3, *canvas), (len(images), 3, 320, 320)]
+        assert [len(f) for f in fitted] == [len(f) for f in square] == ([1] * len(PHOTOS) if len(images) > 1 else [6])
+        for got, want in zip(fitted, square):
+            for face in got:
+                near = min(want, key=lambda w: np.abs(np.subtract(w.box, face.box)).max())
+                assert np.subtract(near.box, face.box) == pytest.approx(np.zeros(4), abs=2)
+                assert near.landmarks == pytest.approx(face.landmarks, abs=2)
+    tiny = cv2.resize(frames[0], (48, 36), interpolation=cv2.INTER_AREA)
+    detect([tiny])
+    assert shapes[-1] == (1, 3, 96, 128)  # 48x36 enlarged to 128x96: a canvas of that size
+
 @pytest.mark.parametrize(("chain", "message"), [
     ("centerface,foo", "detector 'foo'"),
     ("centerface,centerface", "names a backend twice"),

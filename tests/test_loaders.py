@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import write_image
 from fer_data.ingest import ingest
 from fer_data.labels import IGNORE_INDEX
-from fer_data.loaders import make_loader, select, targets_of
+from fer_data.loaders import (IndexedSamples, epoch_order, make_loader, make_rank_loader, rank_batches,
+                              sample_shards, select, targets_of)
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,42 @@ def test_au_and_affect_targets_mask_missing() -> None:
     assert t["au_mask"].tolist() == [1.0, 1.0, 0.0, 0.0]
     assert t["valence_arousal_mask"].item() == 0.0
     assert t["emotion"].item() == 3
+
+
+@pytest.mark.parametrize("n, batch_size, world", [(9, 4, 1), (9, 4, 2), (13, 4, 3), (5, 4, 4), (3, 2, 4), (12, 6, 5)])
+def test_rank_batches_deal_each_position_once(n: int, batch_size: int, world: int) -> None:
+    """Every rank takes the same number of steps; real slots over all ranks are the epoch's order exactly
+    once; a rank with nothing of a global batch pads it, and the batch's total says how many are real."""
+    order = epoch_order(n, seed=3)
+    assert sorted(order) == list(range(n))
+    per_rank = [rank_batches(order, batch_size, r, world) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1
+    real = [s.index for batches in per_rank for batch in batches for s in batch if not s.pad]
+    assert sorted(real) == list(range(n))
+    for step in zip(*per_rank):  # one global batch: near-equal sizes, none short at the end
+        assert sum(not s.pad for batch in step for s in batch) == step[0][0].batch_total <= batch_size
+        assert all(len(batch) >= 1 for batch in step)
+    assert sorted(epoch_order(n, 3, epoch_samples=2 * n + 1)[:2 * n]) == sorted(2 * list(range(n)))
+    assert epoch_order(20, seed=3) == epoch_order(20, seed=3) != epoch_order(20, seed=4) != list(range(20))
+
+
+def test_rank_loaders_read_every_selected_sample_once(sharded: Path) -> None:
+    """Two ranks x two workers over 3 shards of a 7-sample selection (2 or 3 of them per shard): each
+    sample read once from its shard, by offset, with the same targets the streaming loader gives."""
+    shard_of = sample_shards(sharded / "catalog.duckdb", "sample_id != 'fairface:train/4.jpg' AND "
+                                                       "sample_id != 'fairface:train/7.jpg'")
+    dataset = IndexedSamples(shard_of, ("age_bin", "gender"))
+    seen = {}
+    for rank in range(2):
+        for pixels, t in make_rank_loader(dataset, batch_size=3, seed=0, rank=rank, world=2, num_workers=2):
+            assert pixels.shape[1:] == (3, 112, 112) and not t["pad"].any()
+            for i, sid in enumerate(t["sample_id"]):
+                assert sid not in seen
+                seen[sid] = (int(t["age_bin"][i]), int(t["gender"][i]), pixels[i])
+    assert sorted(seen) == sorted(shard_of)
+    urls, ids = select(sharded / "catalog.duckdb", "true")
+    for pixels, t in make_loader(urls, ("age_bin", "gender"), 9, train=False):
+        for i, sid in enumerate(t["sample_id"]):
+            if sid in seen:
+                assert seen[sid][:2] == (int(t["age_bin"][i]), int(t["gender"][i]))
+                assert torch.equal(seen[sid][2], pixels[i])

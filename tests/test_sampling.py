@@ -20,7 +20,7 @@ from fer_data.ingest import ingest, load
 from fer_data.loaders import make_loader, select
 from fer_data.sampling import Sampling
 from fer_data.samples.images import make_plans, write_files
-from fer_data.samples.video import _casme2, _dfew, _disfa, _ferv39k, read_code
+from fer_data.samples.video import DISFA_FOLDS, DISFA_FRAMES, _casme2, _dfew, _disfa, _ferv39k, read_code
 from fer_data.settings import SHARD_FORMAT, Settings
 
 
@@ -139,6 +139,6 @@ def test_frame_step_reads_every_kth_labelled_frame(tmp_path: Path) -> None:
     result = ingest("disfa", tmp_path / "raw", tmp_path / "out", frame_step=5, detector="none", size=112)
     frames = catalog.query(tmp_path / "out" / "catalog.duckdb",
                            "SELECT DISTINCT CAST(extra->>'frame' AS INTEGER) AS f FROM samples ORDER BY 1").f.tolist()
-    assert frames == [1, 6, 11, 16]  # of 20 (and SN003's label files' 21st frame, past its video, is not read)
+    assert frames == list(range(1, DISFA_FRAMES + 1, 5))  # (SN003's label frame past its video is no sample)
     assert result.rows_read == result.n_samples + result.n_rejects < want["rows"]
-    assert result.n_samples == 3 * 4
+    assert result.n_samples == sum(map(len, DISFA_FOLDS.values())) * len(frames)

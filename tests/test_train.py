@@ -4,6 +4,7 @@ run, the methods train, reports are written, model-info reports parameter counts
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from fer_models.config import TrainConfig
 from fer_models.methods import build_method
 from fer_data.loaders import select
 from fer_models.evaluate import evaluate
-from fer_models.train import BEST, load_run, train
+from fer_models.train import BEST, build_seeded, enable_checkpointing, load_run, train
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,27 @@ def test_model_info_cli() -> None:
     assert info["method"] == "multitask" and info["backbone"] == "pe-core-tiny-test"
     assert 0 < info["trainable_params"] < info["total_params"]
     assert info["trainable_fraction"] == pytest.approx(info["trainable_params"] / info["total_params"])
+
+
+@pytest.mark.parametrize("flag", ["channels_last", "activation_checkpointing",
+                                  pytest.param("compile", marks=pytest.mark.slow)])
+def test_gpu_readiness_flags_train_on_cpu(catalog_path: Path, tmp_path: Path, flag: str) -> None:
+    metrics = train(config(catalog_path, tmp_path / "run", epochs=1, **{flag: True}))
+    assert metrics["n_samples"] == 8 and math.isfinite(metrics["loss"])
+
+
+def test_activation_checkpointing_recomputes_with_the_same_gradients(catalog_path: Path, tmp_path: Path) -> None:
+    cfg = config(catalog_path, tmp_path, peft="lora", rank=4)
+    images, targets = torch.randint(0, 255, (4, 3, 112, 112), dtype=torch.uint8), {
+        "age_bin": torch.tensor([0, 1, 2, 3]), "gender": torch.tensor([0, 1, 1, 0])}
+    grads = []
+    for checkpointing in (False, True):
+        model = build_seeded(cfg)
+        if checkpointing:
+            enable_checkpointing(model)
+            assert any(getattr(m, "grad_checkpointing", False) for m in model.modules())
+        model.train()
+        model.loss(model(images), targets)[0].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])

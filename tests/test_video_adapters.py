@@ -32,9 +32,10 @@ from fer_data.datasets.bp4d import BP4D_AUS
 from fer_data.datasets.casme2 import parse_aus
 from fer_data.datasets.disfa import DISFA_AUS
 from fer_data.ingest import ingest, load
-from fer_data.loaders import au_rates, select
+from fer_data.loaders import au_rates, samples_source, select
 from fer_data.records import Record, Reject
-from fer_data.samples.video import BP4D_FOLDS, BP4D_FRAMES, PLANNERS, expected_video_counts, read_code, write_video_samples
+from fer_data.samples.video import (BP4D_FOLDS, BP4D_FRAMES, DISFA_FRAMES, PLANNERS, expected_video_counts, read_code,
+                                   write_video_samples)
 from fer_data.video import frame_files
 
 SEGMENTS = 16
@@ -438,8 +439,8 @@ def test_disfa_frame_index_reads_the_labelled_frame(video_roots: dict[str, Path]
     """Every frame carries its number as a barcode: frame_index = frame - 1 must decode that frame."""
     recs, _ = split_items("disfa", video_roots["disfa"])
     for rec in recs[::7]:
-        if rec.extra["frame"] > 20:
-            continue  # past the end of the 20-frame video (a decode reject)
+        if rec.extra["frame"] > DISFA_FRAMES:
+            continue  # past the end of the video (a decode reject)
         assert read_code(load(rec, SEGMENTS).frames[0]) == rec.extra["frame"], rec.sample_id
 
 
@@ -500,7 +501,8 @@ def test_frame_past_the_video_end_is_an_empty_video_reject(ingested: dict[str, A
 
 def test_frame_past_the_video_end_is_one_decode_reject(ingested: dict[str, Any]) -> None:
     rows = query(ingested, "SELECT source_path, detail FROM rejects WHERE dataset = 'disfa' AND stage = 'decode'")
-    assert len(rows) == 1 and rows[0][0].endswith("LeftVideoSN003_comp.avi") and "20..20" in rows[0][1]
+    assert len(rows) == 1 and rows[0][0].endswith("LeftVideoSN003_comp.avi")
+    assert f"{DISFA_FRAMES}..{DISFA_FRAMES}" in rows[0][1]
 
 
 def shard_members(out: Path, shard: str) -> dict[str, bytes]:
@@ -682,6 +684,21 @@ def test_fold_selection_holds_out_each_fold(ingested: dict[str, Any], expected: 
         _, train_ids = select(ingested["catalog"], where.format("train"), fold=fold)
         assert test_ids == {sid for sid, lab in labels.items() if lab["fold"] == fold}
         assert train_ids == {sid for sid, lab in labels.items() if lab["fold"] not in (fold, None)}
+
+
+def test_disfa_folds_hold_every_evaluated_au_on_several_faces(ingested: dict[str, Any]) -> None:
+    """The 3-fold AU protocol on the sample (dvc: auformer_disfa@1..3): each fold trains on six faces and
+    both its sets hold each of the 8 evaluated AUs present and absent, so per-fold F1 and the label-blind
+    baselines mean something. One 20-frame subject per fold trained on two faces and left AUs with no
+    or one positive in a fold."""
+    for fold in (1, 2, 3):
+        rates = {part: au_rates(ingested["catalog"], f"dataset = 'disfa' AND split = '{part}'", DISFA_AUS, fold=fold)
+                 for part in ("train", "test")}
+        for part, got in rates.items():
+            assert sorted(got) == list(DISFA_AUS) and all(0.1 <= r <= 0.6 for r in got.values()), (fold, part, got)
+        (faces,), = query(ingested, f"SELECT count(DISTINCT subject) FROM {samples_source(fold)} AS samples "
+                                    "WHERE dataset = 'disfa' AND split = 'train'")
+        assert faces == 6, fold
 
 
 def test_au_rates_of_a_selection_match_the_view(ingested: dict[str, Any]) -> None:

@@ -113,10 +113,11 @@ def inside(root: Path, rel: str) -> Path:
     The check is on the path as written, not on symlink targets: users link big image folders
     into a release (e.g. Manually_Annotated_Images on another disk), and those links are theirs.
     """
-    path = Path(os.path.normpath(root / rel.strip()))
-    if not path.is_relative_to(root):
+    path = os.path.normpath(os.path.join(root, rel.strip()))
+    top = os.fspath(root)
+    if path != top and not path.startswith(top.rstrip(os.sep) + os.sep):  # `is_relative_to`, on strings: a row's time
         raise BadRow("path_escapes_root", f"{rel!r} resolves outside {root}")
-    return path
+    return Path(path)
 
 
 def rows(path: Path, columns: tuple[str, ...], delimiter: str | None = None,

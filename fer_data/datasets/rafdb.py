@@ -49,6 +49,8 @@ def read(root: Path) -> Iterator[Item]:
     label_file = find_file(root, *(f"{base}EmoLabel/list_{spelling}_label.txt"
                                    for base in ("basic/", "") for spelling in ("patition", "partition")))
     base = label_file.parent.parent
+    originals, aligned_dir = base / "Image" / "original", base / "Image" / "aligned"
+    manual_dir = base / "Annotation" / "manual"
     conflicts = _conflicting_labels(label_file)
 
     def parse(_: int, row: dict[str, str]) -> Record:
@@ -60,8 +62,8 @@ def read(root: Path) -> Iterator[Item]:
         stem = Path(name).stem
         if stem in conflicts:
             raise BadRow("conflicting_labels", f"image {stem} has labels {conflicts[stem]}")
-        original = inside(base / "Image" / "original", name)
-        aligned = inside(base / "Image" / "aligned", f"{stem}_aligned.jpg")
+        original = inside(originals, name)
+        aligned = inside(aligned_dir, f"{stem}_aligned.jpg")
         use_aligned = not original.exists() and aligned.exists()
         rec = Record(
             sample_id=f"rafdb:{stem}",
@@ -72,7 +74,7 @@ def read(root: Path) -> Iterator[Item]:
             aligned=use_aligned,
             extra={"raf_label": label},
         )
-        manual = base / "Annotation" / "manual" / f"{stem}_manu_attri.txt"
+        manual = manual_dir / f"{stem}_manu_attri.txt"
         if manual.is_file():
             try:
                 landmarks, attrs = _manual_attributes(manual)

@@ -1,29 +1,38 @@
 """5-point similarity alignment to the ArcFace template (insightface's `norm_crop`), and plain resizing.
 
 Both return the crop and the 2x3 matrix that maps source pixels into it; the catalog stores
-the matrix so any crop can be recomputed or mapped back.
+the matrix so any crop can be recomputed or mapped back. insightface is imported on first use (its
+import takes seconds: every ingest paid it, though pre-aligned releases never align).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import cv2
 import numpy as np
-from insightface.utils import face_align
 
 from fer_data.faces import check_size
+
+
+def _face_align() -> ModuleType:
+    from insightface.utils import face_align
+
+    return face_align
 
 
 def template(size: int) -> np.ndarray:
     """The 5 ArcFace template points scaled to a `size` crop, as insightface's estimate_norm places them."""
     check_size(size)
+    dst = _face_align().arcface_dst
     if size % 112 == 0:
-        return face_align.arcface_dst * (size / 112.0)
-    return face_align.arcface_dst * (size / 128.0) + np.array([8.0 * size / 128.0, 0.0])
+        return dst * (size / 112.0)
+    return dst * (size / 128.0) + np.array([8.0 * size / 128.0, 0.0])
 
 
 def align(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Warp the face so its 5 landmarks land on the template: (crop [size, size, 3], matrix [2, 3])."""
-    matrix = face_align.estimate_norm(np.asarray(landmarks, np.float32).reshape(5, 2), check_size(size))
+    matrix = _face_align().estimate_norm(np.asarray(landmarks, np.float32).reshape(5, 2), check_size(size))
     crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
     return crop, matrix
 

