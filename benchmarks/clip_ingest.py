@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from fer_data.decode import MAX_CLIP_PIXELS
 from fer_data.faces.detectors import CenterFaceDetector
 from fer_data.faces.track import DETECT_CHUNK, scan_frames
@@ -125,23 +124,22 @@ def main() -> None:
         if args.base_clips:
             root = Path(tmp) / "base"
             base = measure(root, make_dfew(root, args.base_clips, args.frames), Path(tmp) / "base_out", args.runner)
-    t_bare, t_pipe, c_bare, c_pipe, summary = (got.bare_s, got.pipeline_s, got.bare_cpu_s, got.pipeline_cpu_s,
-                                               got.summary)
     marginal = {} if base is None else {
         "base_clips": args.base_clips,
-        "marginal_ratio": round((t_bare - base.bare_s) / (t_pipe - base.pipeline_s), 2),
-        "marginal_cpu_ratio": round((c_bare - base.bare_cpu_s) / (c_pipe - base.pipeline_cpu_s), 2),
+        "marginal_ratio": round((got.bare_s - base.bare_s) / (got.pipeline_s - base.pipeline_s), 2),
+        "marginal_cpu_ratio": round((got.bare_cpu_s - base.bare_cpu_s) / (got.pipeline_cpu_s - base.pipeline_cpu_s), 2),
         "base_bare_cpu_s": round(base.bare_cpu_s, 2), "base_pipeline_cpu_s": round(base.pipeline_cpu_s, 2),
     }
     print(json.dumps({
         "benchmark": "clip_ingest", "machine": f"{platform.machine()} {os.cpu_count()} cores", "runner": args.runner,
-        "clips": args.clips, "frames_per_clip": args.frames, "fer_summary": summary,
-        "bare_s": round(t_bare, 2), "pipeline_s": round(t_pipe, 2),
-        "bare_frames_per_s": round(args.clips * args.frames / t_bare, 1),
-        "pipeline_frames_per_s": round(args.clips * args.frames / t_pipe, 1),
-        "ratio": round(t_bare / t_pipe, 2), "goal": 0.8,
+        "clips": args.clips, "frames_per_clip": args.frames, "fer_summary": got.summary,
+        "bare_s": round(got.bare_s, 2), "pipeline_s": round(got.pipeline_s, 2),
+        "bare_frames_per_s": round(args.clips * args.frames / got.bare_s, 1),
+        "pipeline_frames_per_s": round(args.clips * args.frames / got.pipeline_s, 1),
+        "ratio": round(got.bare_s / got.pipeline_s, 2), "goal": 0.8,
         # On a machine others share, wall time swings with their load; CPU seconds hardly do.
-        "bare_cpu_s": round(c_bare, 2), "pipeline_cpu_s": round(c_pipe, 2), "cpu_ratio": round(c_bare / c_pipe, 2),
+        "bare_cpu_s": round(got.bare_cpu_s, 2), "pipeline_cpu_s": round(got.pipeline_cpu_s, 2),
+        "cpu_ratio": round(got.bare_cpu_s / got.pipeline_cpu_s, 2),
         **marginal,
     }))
 
