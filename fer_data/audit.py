@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,18 +17,14 @@ import pandas as pd
 from PIL import Image
 
 from fer_data import catalog
+from fer_data.shards import read_members
 
 HASH_BITS = 64
 
 
 def crop_hashes(shard: Path) -> Iterator[tuple[str, int]]:
     """(sample_id, 64-bit pHash) of every sample in a shard; a clip is hashed by its middle frame."""
-    images: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            key, ext = member.name.split(".", 1)
-            images[key][ext] = tar.extractfile(member).read()
-    for files in images.values():
+    for files in read_members(shard).values():
         frames = sorted(k for k in files if k.endswith("jpg"))
         data = files[frames[len(frames) // 2]]
         sample_id = json.loads(files["json"])["sample_id"]

@@ -30,6 +30,7 @@ import pandas as pd
 
 from fer_data import catalog
 from fer_data.labels import AGE_BINS, EMOTIONS, GENDERS
+from fer_data.shards import read_members
 
 PAGE_SIZE = 100  # tiles per page of the grid
 CHUNK = 5000  # sample rows per data script
@@ -236,13 +237,8 @@ def _strip(frames: list[bytes]) -> Any:
 def _shard_thumbnails(shard: Path, wanted: dict[str, Path]) -> int:
     """Thumbnails of the `wanted` samples (key -> file) of one shard, read in one pass over the tar. A shard
     that is gone or broken, or a crop that does not decode, gets none: its tile shows as broken, the rest render."""
-    members: dict[str, dict[str, bytes]] = defaultdict(dict)
     try:
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if key in wanted and ext.endswith("jpg"):
-                    members[key][ext] = tar.extractfile(member).read()
+        members = read_members(shard, lambda key, ext: key in wanted and ext.endswith("jpg"))
     except (OSError, tarfile.TarError):
         return 0
     written = 0

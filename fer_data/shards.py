@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +28,18 @@ STATS_SUFFIX = ".stats.json"
 def sample_key(sample_id: str) -> str:
     """WebDataset key of a sample: stable, dot-free, independent of its position."""
     return hashlib.sha1(sample_id.encode()).hexdigest()[:24]
+
+
+def read_members(shard: Path, wanted: Callable[[str, str], bool] | None = None) -> dict[str, dict[str, bytes]]:
+    """A shard's files by sample key, {key: {extension: bytes}}, in one pass over the tar; `wanted(key,
+    extension)` says which are read (the others are skipped, not read)."""
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if wanted is None or wanted(key, ext):
+                members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return members
 
 
 def _tarfile_header(name: str, size: int) -> bytes:
