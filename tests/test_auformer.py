@@ -81,7 +81,7 @@ def reference_expert(group: MoKEGroup, x: torch.Tensor, i: int) -> torch.Tensor:
 
 def test_batched_group_matches_per_expert_reference():
     torch.manual_seed(0)
-    group = MoKEGroup(width=6, experts=3, dim=2, dilations=(1, 2), grid=(3, 4), num_prefix=2)
+    group = MoKEGroup(width=6, experts=3, dim=2, dilations=(1, 2, 5), grid=(3, 4), num_prefix=2)
     with torch.no_grad():
         group.up_weight.normal_()
         group.up_bias.normal_()

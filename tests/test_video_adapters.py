@@ -28,7 +28,7 @@ from PIL import Image
 
 from fer_data import catalog, shards
 from fer_data.datasets import BadRow, LayoutError, get_adapter
-from fer_data.datasets.bp4d import BP4D_AUS
+from fer_data.datasets.bp4d import BP4D_AUS, BP4D_FOLDS as PUBLISHED_FOLDS
 from fer_data.datasets.casme2 import parse_aus
 from fer_data.datasets.disfa import DISFA_AUS
 from fer_data.ingest import ingest, load
@@ -636,7 +636,9 @@ def test_au_image_samples_keep_subject_fold_and_intensity(ingested: dict[str, An
     # fold k test = the subjects of fold k: the three folds partition the subjects
     folds = query(ingested, "SELECT CAST(extra->>'fold' AS INTEGER) AS k, list(DISTINCT subject ORDER BY subject) "
                             "FROM samples WHERE dataset = 'bp4d' GROUP BY k ORDER BY k")
-    assert folds == [(1, ["F001", "M001"]), (2, ["M011"]), (3, ["F007"])]
+    assert folds == [(k, sorted(subjects)) for k, subjects in sorted(BP4D_FOLDS.items())]
+    assert all(len(subjects) == 3 for subjects in BP4D_FOLDS.values())  # each fold trains on six faces
+    assert all(set(subjects) <= set(PUBLISHED_FOLDS[k]) for k, subjects in BP4D_FOLDS.items())
 
 
 # ------------------------------------------------------------------------------------- bad videos

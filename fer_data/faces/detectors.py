@@ -56,6 +56,8 @@ def _session_options(threads: int):
     opts = onnxruntime.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # ORT's pool threads spin between ops by default: CPU the decoders and the other worker need
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

@@ -34,8 +34,8 @@ frame folder. Clips are 8 to 40 frames; some are shorter than 16.
 
 Sizes (the whole thing is about 14 MB and writes in a few seconds): DFEW 56 clips (8 per class,
 each in exactly one fold's test list and the other four train lists; 224x224 aligned frames, 15
-with an original mp4), FERV39K 56 clips (face crops written at 112x112), BP4D 4 subjects x 2
-tasks x 24 frames (176x224), DISFA 9 subjects (3 per fold) x 32 frames (192x144 avi), CASME II
+with an original mp4), FERV39K 56 clips (face crops written at 112x112), BP4D 9 subjects (3 per fold) x 2
+tasks x 16 frames (176x224), DISFA 9 subjects (3 per fold) x 32 frames (192x144 avi), CASME II
 12 clips of 4 subjects (160x128 frames). Subjects come from the published fold lists, one or more
 per fold.
 
@@ -76,15 +76,18 @@ BITS, BLOCK = 12, 8  # frame-number barcode
 # Native label spaces, written from shared/DATASETS.md (not from the adapters).
 DFEW_LABELS = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")  # 1..7
 FERV39K_CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
-BP4D_FOLDS = {1: ("F001", "M001"), 2: ("M011",), 3: ("F007",)}  # subjects used here, from the fold lists
-# Three subjects per fold (from the published fold lists), so each fold trains on six faces: with one
-# subject per fold the 3-fold AUFormer stage trained on two faces and could not beat chance on a third.
+BP4D_FOLDS = {1: ("F001", "M001", "F018"), 2: ("M011", "F003", "M010"), 3: ("F007", "F015", "M006")}
+# BP4D and DISFA: three subjects per fold (from the published fold lists), so each fold trains on six
+# faces: with one or two subjects per fold the 3-fold AUFormer stages trained on two or three faces
+# and could not beat chance on the held-out ones.
 DISFA_FOLDS = {1: ("SN001", "SN002", "SN010"), 2: ("SN011", "SN013", "SN018"), 3: ("SN003", "SN004", "SN005")}
 DISFA_FRAMES = 32  # video frames per subject
 BP4D_STANDARD = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 BP4D_OTHER = (5, 9, 11, 13, 16, 18, 20, 22, 25, 26, 27)  # coded in some tasks only: mostly 9
-BP4D_FRAMES = 24  # coded frames per subject and task: enough for AU heads to learn from 3 subjects
-BP4D_RATES = {1: .2, 2: .17, 4: .2, 6: .45, 7: .55, 10: .6, 12: .4, 14: .45, 15: .15, 17: .3, 23: .08, 24: .1}
+BP4D_FRAMES = 16  # coded frames per subject and task
+# Above BP4D's real rates for the rare ones (1, 2, 4, 15, 23, 24 at 0.05-0.2 there), as DISFA_RATES: at the
+# real rates a fold's 96 test frames hold a handful of positives and the CPU-sized model predicts them never.
+BP4D_RATES = {1: .3, 2: .25, 4: .3, 6: .45, 7: .55, 10: .6, 12: .4, 14: .45, 15: .25, 17: .3, 23: .2, 24: .2}
 DISFA_CODED = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 # The 8 AUs the DISFA protocol evaluates (DISFA_AUS) at 0.2-0.45, above the real 0.05-0.3 (as BP4D_RATES are
 # above BP4D's), so every fold's few frames hold positives of each; the other four stay rare, as in the release.
@@ -501,7 +504,7 @@ def _ferv39k(rng: np.random.Generator) -> Plan:
 def _bp4d(rng: np.random.Generator) -> Plan:
     plan = Plan("bp4d")
     aus = sorted(BP4D_STANDARD + BP4D_OTHER)
-    padding = {"F001": "{:04d}", "M001": "{:04d}", "M011": "{}", "F007": "{:03d}"}
+    padding = {"M011": "{}", "F007": "{:03d}"}  # the release's frame names: 4 digits, else as here
     fold_of = {s: k for k, subjects in BP4D_FOLDS.items() for s in subjects}
     for subject in sorted(fold_of):
         for task in ("T1", "T6"):
@@ -514,8 +517,10 @@ def _bp4d(rng: np.random.Generator) -> Plan:
                 codes.update({au: 9 if rng.random() < 0.85 else int(rng.random() < 0.1) for au in BP4D_OTHER})
                 codes.update({au: 9 for au in BP4D_STANDARD if rng.random() < 0.04})
                 rows.append(f"{frame}," + ",".join(str(codes[au]) for au in aus))
-                present = {au: 1.0 for au, c in codes.items() if c == 1}
-                plan.files[f"BP4D-training/{subject}/{task}/{padding[subject].format(frame)}.jpg"] = (
+                # AU_OCC codes occurrence only; the face still shows each AU at some intensity (as DISFA's)
+                present = {au: float(rng.uniform(0.75, 1.5)) for au, c in codes.items() if c == 1}
+                name = padding.get(subject, "{:04d}").format(frame)
+                plan.files[f"BP4D-training/{subject}/{task}/{name}.jpg"] = (
                     lambda shot=shot, frame=frame, present=present: _jpeg(shot.render(frame, aus=present)))
                 plan.labels[f"bp4d:{subject}/{task}/{frame:04d}"] = {
                     "split": "test" if fold_of[subject] == 1 else "train", "fold": fold_of[subject],

@@ -29,7 +29,8 @@ cosine after one warm-up epoch, the backbone's 224 px, random resized crop (area
 crop of a 256 face) and horizontal flip.
 
 Cost: the C experts of a group are never looped over. Their down-projections are one
-Linear(D, C*r); each MRF dilation is one depthwise Conv2d over all C*r channels; CA is one
+Linear(D, C*r); the MRF's depthwise dilated convs over all C*r channels are one batched matmul
+with their summed kernels written as a [P, P] map per channel (`MoKEGroup.mrf_map`); CA is one
 scaled-dot-product attention call with the experts as heads; the group average of the C
 up-projections is one Linear(C*r, D) (the mean of W_i h_i is [W_1 .. W_C] [h_1; ..; h_C] / C); the
 per-expert up-projections run only on the [CLS] token of the last group, for the heads. On
@@ -94,8 +95,12 @@ class MoKEGroup(nn.Module):
         self.down = nn.Linear(width, channels)  # rows [i*dim:(i+1)*dim] are expert i's projection
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
+        # The convs hold the MRF's parameters (PyTorch's init, the checkpoint layout); `mrf_map` applies them.
         self.mrf = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels)
                                  for d in dilations)
+        taps, pairs = _mrf_taps(grid, dilations)
+        self.register_buffer("mrf_taps", taps, persistent=False)
+        self.register_buffer("mrf_pairs", pairs, persistent=False)
         self.up_weight = nn.Parameter(torch.randn(width, experts, dim) * UP_INIT_STD)  # [:, i] is expert i's
         self.up_bias = nn.Parameter(torch.zeros(experts, width))
 
@@ -104,13 +109,24 @@ class MoKEGroup(nn.Module):
         h = F.gelu(self.down(x))
         b, n, channels = h.shape
         p = self.num_prefix
-        grid = h[:, p:].transpose(1, 2).reshape(b, channels, *self.grid)
-        m_grid = sum(conv(grid) for conv in self.mrf).flatten(2).transpose(1, 2)
+        bias = sum(conv.bias for conv in self.mrf)
+        m_grid = torch.bmm(h[:, p:].permute(2, 0, 1), self.mrf_map().transpose(1, 2)).permute(1, 2, 0) + bias
         centre = sum(conv.weight[:, 0, 1, 1] for conv in self.mrf)  # a 3x3 kernel on a zero-padded 1x1 map
-        m_prefix = h[:, :p] * centre + sum(conv.bias for conv in self.mrf)
+        m_prefix = h[:, :p] * centre + bias
         m = torch.cat([m_prefix, m_grid], dim=1).view(b, n, self.experts, self.dim).transpose(1, 2)
         c = m + F.scaled_dot_product_attention(m, m, m)  # [B, C, N, r]: the experts are the heads
         return F.gelu(c).transpose(1, 2).reshape(b, n, channels)
+
+    def mrf_map(self) -> Tensor:
+        """The summed dilated depthwise convs as one linear map per channel over the grid, [C*r, P, P]
+        (output position, input position): exactly the convs' zero-padded sums. Applied as a batched
+        matmul because PyTorch's depthwise dilated conv backward on a ViT's small grid costs ~20x it
+        (the demo's 4 x 4 grid: 3 of 4 AUFormer CPU seconds went there)."""
+        kernels = torch.cat([conv.weight.flatten(1) for conv in self.mrf], 1)  # [C*r, 9 x dilations]
+        channels, positions = len(kernels), self.grid[0] * self.grid[1]
+        flat = kernels.new_zeros(channels, positions * positions).index_add(1, self.mrf_pairs,
+                                                                           kernels[:, self.mrf_taps])
+        return flat.view(channels, positions, positions)
 
     def forward(self, h: Tensor) -> Tensor:
         """`hidden`'s output -> the group's average of its experts' up-projections [B, N, D]."""
@@ -120,6 +136,24 @@ class MoKEGroup(nn.Module):
         """`hidden`'s output at one token [B, C*r] -> each expert's own up-projection [B, C, D]."""
         h = h.view(len(h), self.experts, self.dim)
         return torch.einsum("bcr,dcr->bcd", h, self.up_weight) + self.up_bias
+
+
+def _mrf_taps(grid: tuple[int, int], dilations: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """For every (output, input) pair of grid positions a dilated 3x3 tap joins: the tap's index in
+    the dilations' flattened kernels, and the pair's index in a flattened [P, P] map."""
+    rows, cols = grid
+    y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    y, x = y.flatten(), x.flatten()
+    taps, pairs = [], []
+    for k, d in enumerate(dilations):
+        for tap in range(9):
+            dy, dx = (tap // 3 - 1) * d, (tap % 3 - 1) * d
+            inside = (y + dy >= 0) & (y + dy < rows) & (x + dx >= 0) & (x + dx < cols)
+            out = inside.nonzero().flatten()
+            source = (y[out] + dy) * cols + x[out] + dx
+            taps.append(torch.full_like(out, 9 * k + tap))
+            pairs.append(out * rows * cols + source)
+    return torch.cat(taps), torch.cat(pairs)
 
 
 def _pre_norms(block: nn.Module) -> tuple[nn.Module, nn.Module]:
