@@ -54,6 +54,11 @@ def test_report_rows_judge_each_goal() -> None:
     train = {"peft": "lora", "backbone": "b", "image_size": 64, "batch_size": 8, "precision": "fp32",
              "loader_img_per_s": 95.0, "in_memory_img_per_s": 100.0, "ratio": 0.95, "goal": 0.9}
     assert rows_of("train_throughput", train)[0]["met"]
+    clips = {"clips": 48, "frames_per_clip": 48, "runner": "local", "pipeline_frames_per_s": 20.0,
+             "bare_frames_per_s": 30.0, "ratio": 0.67, "cpu_ratio": 0.8, "goal": 0.8, "base_clips": 12,
+             "marginal_ratio": 0.85, "marginal_cpu_ratio": 0.9}
+    assert [(r["ratio"], r["met"]) for r in rows_of("clip_ingest", clips)] == [(0.85, True)]  # start-up left out
+    assert not rows_of("clip_ingest", {**clips, "marginal_ratio": 0.7})[0]["met"]
 
 
 @pytest.mark.slow

@@ -36,8 +36,8 @@ Sizes (the whole thing is about 14 MB and writes in a few seconds): DFEW 56 clip
 each in exactly one fold's test list and the other four train lists; 224x224 aligned frames, 15
 with an original mp4), FERV39K 56 clips (face crops written at 112x112), BP4D 9 subjects (3 per fold) x 2
 tasks x 16 frames (176x224), DISFA 9 subjects (3 per fold) x 32 frames (192x144 avi), CASME II
-12 clips of 4 subjects (160x128 frames). Subjects come from the published fold lists, one or more
-per fold.
+12 clips of 4 subjects (160x128 frames). BP4D's and DISFA's subjects come from the published fold
+lists, three per fold.
 
 `expected_video_counts(roots)` reads what each planner recorded while planning (written beside
 the data as `<root>/.expected.json`): samples and rejects per adapter, labels per sample, and
