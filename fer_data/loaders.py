@@ -202,21 +202,6 @@ def make_loader(
 
 # Training over several processes: exact epochs from an index of the shards ------------------------------
 
-Members = dict[str, tuple[int, int]]  # a sample's members in its tar: extension -> (data offset, size)
-
-
-def index_shard(url: str) -> dict[str, Members]:
-    """WebDataset key -> its members' positions, from the tar's headers (the data is skipped, not read)."""
-    import tarfile
-
-    index: dict[str, Members] = {}
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:
-            if member.isfile():
-                key, _, ext = member.name.partition(".")
-                index.setdefault(key, {})[ext] = (member.offset_data, member.size)
-    return index
-
 
 class IndexedSamples(torch.utils.data.Dataset):
     """The selected samples by position in a sorted id list, each read straight from its shard by offset
@@ -224,7 +209,7 @@ class IndexedSamples(torch.utils.data.Dataset):
     An item is a `Slot`; a padding slot's sample comes back with `pad` set (the trainer weighs it 0)."""
 
     def __init__(self, shard_of: dict[str, str], tasks: Sequence[str] = ("emotion",), aus: Sequence[int] = ()) -> None:
-        from fer_data.shards import sample_key
+        from fer_data.shards import index_shard, sample_key
 
         self.ids = sorted(shard_of)
         self.tasks, self.aus = tuple(tasks), tuple(aus)

@@ -30,15 +30,33 @@ def sample_key(sample_id: str) -> str:
     return hashlib.sha1(sample_id.encode()).hexdigest()[:24]
 
 
-def read_members(shard: Path, wanted: Callable[[str, str], bool] | None = None) -> dict[str, dict[str, bytes]]:
-    """A shard's files by sample key, {key: {extension: bytes}}, in one pass over the tar; `wanted(key,
-    extension)` says which are read (the others are skipped, not read)."""
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(shard) as tar:
+Members = dict[str, tuple[int, int]]  # a sample's members in its tar: extension -> (data offset, size)
+
+
+def index_shard(url: str | Path) -> dict[str, Members]:
+    """WebDataset key -> its members' positions, from the tar's headers (the data is skipped, not read);
+    `url` is a local path or an fsspec URL."""
+    import fsspec
+
+    index: dict[str, Members] = {}
+    with fsspec.open(str(url), "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
-            key, _, ext = member.name.partition(".")
-            if wanted is None or wanted(key, ext):
-                members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            if member.isfile():
+                key, _, ext = member.name.partition(".")
+                index.setdefault(key, {})[ext] = (member.offset_data, member.size)
+    return index
+
+
+def read_members(shard: Path, wanted: Callable[[str, str], bool] | None = None) -> dict[str, dict[str, bytes]]:
+    """A shard's files by sample key, {key: {extension: bytes}}, read by their `index_shard` offsets;
+    `wanted(key, extension)` says which are read (the others are skipped, not read)."""
+    members: dict[str, dict[str, bytes]] = {}
+    with open(shard, "rb") as f:
+        for key, at in index_shard(shard).items():
+            for ext, (offset, size) in at.items():
+                if wanted is None or wanted(key, ext):
+                    f.seek(offset)
+                    members.setdefault(key, {})[ext] = f.read(size)
     return members
 
 
