@@ -90,6 +90,11 @@ def test_batched_group_matches_per_expert_reference():
     h = group.hidden(x)
     torch.testing.assert_close(group(h), refs.mean(1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(group.per_expert(h[:, 0]), refs[:, :, 0], rtol=1e-5, atol=1e-5)
+    # the same gradients reach the convs' parameters (the gather's backward is a scatter-add)
+    weights = [p for conv in group.mrf for p in (conv.weight, conv.bias)]
+    expected = torch.autograd.grad(refs.mean(1).square().sum(), weights)
+    for got, want in zip(torch.autograd.grad(group(group.hidden(x)).square().sum(), weights), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", TINY)

@@ -29,8 +29,8 @@ cosine after one warm-up epoch, the backbone's 224 px, random resized crop (area
 crop of a 256 face) and horizontal flip.
 
 Cost: the C experts of a group are never looped over. Their down-projections are one
-Linear(D, C*r); the MRF's depthwise dilated convs over all C*r channels are one batched matmul
-with their summed kernels written as a [P, P] map per channel (`MoKEGroup.mrf_map`); CA is one
+Linear(D, C*r); the MRF's depthwise dilated convs over all C*r channels are one gather of every
+tap's source token and one weighted sum (`MoKEGroup.mrf_apply`); CA is one
 scaled-dot-product attention call with the experts as heads; the group average of the C
 up-projections is one Linear(C*r, D) (the mean of W_i h_i is [W_1 .. W_C] [h_1; ..; h_C] / C); the
 per-expert up-projections run only on the [CLS] token of the last group, for the heads. On
@@ -95,12 +95,12 @@ class MoKEGroup(nn.Module):
         self.down = nn.Linear(width, channels)  # rows [i*dim:(i+1)*dim] are expert i's projection
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
-        # The convs hold the MRF's parameters (PyTorch's init, the checkpoint layout); `mrf_map` applies them.
+        # The convs hold the MRF's parameters (PyTorch's init, the checkpoint layout); `mrf` applies them.
         self.mrf = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels)
                                  for d in dilations)
-        taps, pairs = _mrf_taps(grid, dilations)
-        self.register_buffer("mrf_taps", taps, persistent=False)
-        self.register_buffer("mrf_pairs", pairs, persistent=False)
+        offsets, sources = _mrf_sources(grid, dilations, num_prefix)
+        self.register_buffer("mrf_offsets", offsets, persistent=False)
+        self.register_buffer("mrf_sources", sources, persistent=False)
         self.up_weight = nn.Parameter(torch.randn(width, experts, dim) * UP_INIT_STD)  # [:, i] is expert i's
         self.up_bias = nn.Parameter(torch.zeros(experts, width))
 
@@ -108,27 +108,26 @@ class MoKEGroup(nn.Module):
         """Normed tokens [B, N, D] -> every expert's activation before its up-projection [B, N, C*r]."""
         h = F.gelu(self.down(x))
         b, n, channels = h.shape
-        p = self.num_prefix
-        bias = sum(conv.bias for conv in self.mrf)
-        m_grid = torch.bmm(h[:, p:].permute(2, 0, 1), self.mrf_map().transpose(1, 2)).permute(1, 2, 0) + bias
-        centre = sum(conv.weight[:, 0, 1, 1] for conv in self.mrf)  # a 3x3 kernel on a zero-padded 1x1 map
-        m_prefix = h[:, :p] * centre + bias
-        m = torch.cat([m_prefix, m_grid], dim=1).view(b, n, self.experts, self.dim).transpose(1, 2)
+        m = self.mrf_apply(h).view(b, n, self.experts, self.dim).transpose(1, 2)
         c = m + F.scaled_dot_product_attention(m, m, m)  # [B, C, N, r]: the experts are the heads
         return F.gelu(c).transpose(1, 2).reshape(b, n, channels)
 
-    def mrf_map(self) -> Tensor:
-        """The summed dilated depthwise convs as one linear map per channel over the grid, [C*r, P, P]
-        (output position, input position): exactly the convs' zero-padded sums. Why: on CPU, PyTorch's
-        depthwise dilated convs over a ViT's small grid cost 5x this matmul, forward + backward (13.7
-        against 2.7 ms at the demo's 192 channels on a 4 x 4 grid); whole demo folds train ~25 % faster.
-        The map has P^2 entries per channel where the convs have 9 per dilation: at ViT-B-16's 14 x 14
-        grid that is ~0.1 GFLOPs an image more than the convs (the 34.4 above was counted with convs)."""
+    def mrf_apply(self, h: Tensor) -> Tensor:
+        """The summed dilated depthwise convs over the grid tokens of `h` [B, N, C*r] (each prefix token
+        its own zero-padded 1x1 map), exactly the convs' sums: the kernels' taps are summed per grid
+        offset, every offset's source token is gathered at once (a zero token where it falls in the
+        padding) and weighted per channel. Why not the convs: PyTorch's CPU backward of depthwise
+        dilated convs over a ViT's small grid is slow, and a per-channel [P, P] map applied with bmm
+        runs one small mm per channel on CPU; whole AUFormer training steps at the demo's size (192
+        channels, 4 x 4 grid, batch 8) take 415 ms with the bmm, 313 ms with this gather. The gather
+        keeps [B, offsets, N, C*r] for the backward: 25 offsets on ViT-B-16's 14 x 14 grid, ~60 MB a
+        group at batch 64."""
+        b, n, channels = h.shape
         kernels = torch.cat([conv.weight.flatten(1) for conv in self.mrf], 1)  # [C*r, 9 x dilations]
-        channels, positions = len(kernels), self.grid[0] * self.grid[1]
-        flat = kernels.new_zeros(channels, positions * positions).index_add(1, self.mrf_pairs,
-                                                                           kernels[:, self.mrf_taps])
-        return flat.view(channels, positions, positions)
+        weights = kernels.new_zeros(len(self.mrf_sources) + 1, channels).index_add(0, self.mrf_offsets, kernels.T)
+        padded = torch.cat([h, h.new_zeros(b, 1, channels)], 1)
+        taps = padded.index_select(1, self.mrf_sources.flatten()).view(b, len(self.mrf_sources), n, channels)
+        return (taps * weights[:-1, None]).sum(1) + sum(conv.bias for conv in self.mrf)
 
     def forward(self, h: Tensor) -> Tensor:
         """`hidden`'s output -> the group's average of its experts' up-projections [B, N, D]."""
@@ -140,22 +139,33 @@ class MoKEGroup(nn.Module):
         return torch.einsum("bcr,dcr->bcd", h, self.up_weight) + self.up_bias
 
 
-def _mrf_taps(grid: tuple[int, int], dilations: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """For every (output, input) pair of grid positions a dilated 3x3 tap joins: the tap's index in
-    the dilations' flattened kernels, and the pair's index in a flattened [P, P] map."""
+def _mrf_sources(grid: tuple[int, int], dilations: Sequence[int], num_prefix: int) -> tuple[Tensor, Tensor]:
+    """The dilations' 3x3 taps (flattened in order) as offsets on the grid: each tap's offset index
+    [9 x dilations], and per offset the token each output token reads [offsets, N], N (one past the
+    last token: the zero padding) where it falls outside the grid. Taps of one offset (every centre)
+    share it; an offset that never lands inside the grid gets the index one past the last offset. A prefix token is its own 1x1
+    map: only the centre offset reads it."""
     rows, cols = grid
     y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     y, x = y.flatten(), x.flatten()
-    taps, pairs = [], []
-    for k, d in enumerate(dilations):
+    n = num_prefix + rows * cols
+    offsets: dict[tuple[int, int], int] = {}
+    tap_offsets, sources = [], []
+    for d in dilations:
         for tap in range(9):
             dy, dx = (tap // 3 - 1) * d, (tap % 3 - 1) * d
-            inside = (y + dy >= 0) & (y + dy < rows) & (x + dx >= 0) & (x + dx < cols)
-            out = inside.nonzero().flatten()
-            source = (y[out] + dy) * cols + x[out] + dx
-            taps.append(torch.full_like(out, 9 * k + tap))
-            pairs.append(out * rows * cols + source)
-    return torch.cat(taps), torch.cat(pairs)
+            if (dy, dx) not in offsets:
+                inside = (y + dy >= 0) & (y + dy < rows) & (x + dx >= 0) & (x + dx < cols)
+                if not inside.any():
+                    tap_offsets.append(-1)
+                    continue
+                offsets[dy, dx] = len(sources)
+                grid_source = torch.where(inside, num_prefix + (y + dy) * cols + x + dx, n)
+                prefix_source = torch.arange(num_prefix) if (dy, dx) == (0, 0) else torch.full((num_prefix,), n)
+                sources.append(torch.cat([prefix_source, grid_source]))
+            tap_offsets.append(offsets[dy, dx])
+    dropped = len(sources)  # a row of weights `mrf_apply` leaves out
+    return torch.tensor([dropped if i < 0 else i for i in tap_offsets]), torch.stack(sources)
 
 
 def _pre_norms(block: nn.Module) -> tuple[nn.Module, nn.Module]:
