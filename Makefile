@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## sample raw data -> ingest of every dataset -> catalog -> train -> metrics, via dvc repro against one
-## Prefect server for the whole run (started here unless one answers; runs stay visible in `make ui`)
+## Prefect server for the whole run (started here unless one answers; runs stay visible in `make ui`);
+## fer repro: dvc repro with independent stages side by side, one per core (DEMO_JOBS=1: one at a time)
 demo: setup
-	scripts/with-prefect-server dvc repro
+	scripts/with-prefect-server fer repro $(if $(DEMO_JOBS),--jobs $(DEMO_JOBS))
 	@echo "catalog: $(CURDIR)/data/catalog/ (Parquet; fer sql/stats read data/catalog.duckdb, built from it)"
 	@echo "shards:  $(CURDIR)/data/ingest/<dataset>/shards/"
 	fer report --readme README.md

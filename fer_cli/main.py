@@ -11,7 +11,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from fer_cli import data, env, predict, report, train, view
+from fer_cli import data, env, predict, report, repro, train, view
 
 # What a command's mistake raises: a bad value or name (ValueError, KeyError; fer_data's QueryError,
 # BadRow and fer_models' RunFolderError are ValueErrors), a path that is not there or not usable
@@ -60,6 +60,7 @@ app.add_typer(data.app)  # without a name: their commands sit at the top level, 
 app.add_typer(train.app)
 app.add_typer(report.app)
 app.add_typer(env.app)
+app.add_typer(repro.app)
 app.command()(predict.export)
 app.command()(predict.predict)
 app.command()(view.view)
