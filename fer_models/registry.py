@@ -32,8 +32,11 @@ def register(name: str, protocol: str = "", **defaults: Any) -> Callable[[Builde
 
 
 def require(name: str) -> None:
-    """Load every method file, then check that `name` is a registered method."""
-    for module in MODULES:
+    """Load `name`'s method file (each file registers the method it is named after; an unknown name
+    loads them all, to list the known ones), then check that `name` is a registered method. Why not
+    always all: a training process would import every method's libraries (peft and transformers for
+    one, ~3 s) whatever it trains."""
+    for module in (name,) if name in MODULES else MODULES:
         importlib.import_module(f"fer_models.methods.{module}")
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; known: {sorted(METHODS)}")
