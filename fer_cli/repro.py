@@ -88,7 +88,7 @@ def _run(stage: str, done: Queue, echo: threading.Lock) -> None:
 @app.command()
 def repro(
     targets: Annotated[list[str] | None, typer.Argument(help="stages to bring up to date (default: all)")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="stages at once (default: one per core)")] = 0,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="stages at once (0: one per core)")] = 0,
 ) -> None:
     """`dvc repro`, with stages that do not depend on each other run side by side (--jobs at once)."""
     if not Path("dvc.yaml").is_file():
