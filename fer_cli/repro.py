@@ -43,16 +43,14 @@ def plan(graph: nx.DiGraph, stale: set[str], targets: set[str] | None = None) ->
 
 def launch_order(waits: dict[str, set[str]], order: list[str]) -> list[str]:
     """The stages by priority: the longest chain of stages waiting on them first (a critical path
-    counted in stages), then `order` (dvc.yaml's)."""
+    counted in stages), then the most stages waiting on them at any distance (a stage that unblocks
+    two runs before one that unblocks a summary), then `order` (dvc.yaml's)."""
+    graph = nx.DiGraph([(s, d) for s, deps in waits.items() for d in deps])  # stage -> what it waits for
+    graph.add_nodes_from(waits)
     height: dict[str, int] = {}
-    waiting_on = {s: [t for t, deps in waits.items() if s in deps] for s in waits}
-
-    def chain(stage: str) -> int:
-        if stage not in height:
-            height[stage] = 1 + max((chain(t) for t in waiting_on[stage]), default=0)
-        return height[stage]
-
-    return sorted(waits, key=lambda s: (-chain(s), order.index(s)))
+    for stage in nx.topological_sort(graph):  # the stages waiting on a stage come before it
+        height[stage] = 1 + max((height[t] for t in graph.predecessors(stage)), default=0)
+    return sorted(waits, key=lambda s: (-height[s], -len(nx.ancestors(graph, s)), order.index(s)))
 
 
 def _pipeline(targets: list[str]) -> tuple[dict[str, set[str]], list[str]]:

@@ -104,3 +104,6 @@ def test_plan_runs_stale_stages_and_their_dependents_in_critical_path_order() ->
     assert plan(graph, stale={"a"}, targets={"d"}) == {"a": set(), "d": {"a"}}
     assert plan(graph, stale=set()) == {}
     assert launch_order({"d": set(), "b": set(), "c": {"b"}}, order=["d", "b", "c"]) == ["b", "d", "c"]
+    # equal chains: the stage two runs wait on first (the demo's mae_pretrain before a fold)
+    fold_and_mae = {"fold": set(), "folds": {"fold"}, "mae": set(), "pf_vit": {"mae"}, "mae_vit": {"mae"}}
+    assert launch_order(fold_and_mae, order=list(fold_and_mae))[:2] == ["mae", "fold"]
