@@ -534,6 +534,8 @@ def main(argv: list[str] | None = None) -> None:
         "goal": {"rss_slope_b": GOAL_RSS_SLOPE_B, "ratio": GOAL_RATIO}, "layouts": {},
     }
     start = time.perf_counter()
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="scale_ingest_", dir=args.workdir) as tmp:
         work = args.workdir / "scale_ingest" if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

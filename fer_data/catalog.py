@@ -251,7 +251,7 @@ REJECT_COLUMNS = ["dataset", "source_path", "stage", "reason", "detail"]
 CLIP_FRAME_COLUMNS = ["sample_id", "t", "frame", "face_box", "landmarks", "score", "interpolated"]
 COLUMNS = {"samples": SAMPLE_COLUMNS, "au_labels": AU_COLUMNS, "clip_frames": CLIP_FRAME_COLUMNS,
            "rejects": REJECT_COLUMNS, "shards": SHARD_COLUMNS}
-WRITE_MEMORY = "1GB"  # DuckDB's own memory while a write builds the index and exports; beyond it DuckDB spills to disk
+WRITE_MEMORY = "256MB"  # DuckDB's own memory while a write inserts, indexes and exports; beyond it DuckDB spills to disk
 _INSERT_ROWS = 5_000  # rows of one table gathered per INSERT: few statements, bounded memory
 _REBASED = {"samples": "shard", "shards": "path"}  # columns holding paths relative to the catalog's folder
 _HIVE = "hive_partitioning = true, hive_types_autocast = false"  # `dataset` from the folder name, as text
@@ -366,7 +366,7 @@ def write_counts(path: str | Path, target: str | Path) -> pd.DataFrame:
 
 @contextmanager
 def rewrite(path: str | Path, drop: Collection[str] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A new version of the catalog: yields a connection (in a transaction) to a fresh index holding
+    """A new version of the catalog: yields a connection to a fresh index (a temporary file) holding
     the current rows less the datasets in `drop` (`None`: none of them); when the block ends, its rows
     become the Parquet folder and the index, both swapped in whole. An exception leaves both as they were.
     The catalog is locked meanwhile: read it through the yielded connection.
@@ -381,10 +381,8 @@ def rewrite(path: str | Path, drop: Collection[str] | None = ()) -> Iterator[duc
         with _new_index(path) as con:
             if listing is not None and drop is not None:
                 _load(con, folder, drop=drop)
-            con.begin()
-            yield con
-            con.commit()
-            _publish(con, folder)
+            yield con  # no transaction: the index is a new file no reader sees before the swap, and each
+            _publish(con, folder)  # statement's commit lets DuckDB write its rows out instead of holding them
 
 
 def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path | None = None) -> None:
