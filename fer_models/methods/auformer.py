@@ -30,7 +30,7 @@ crop of a 256 face) and horizontal flip.
 
 Cost: the C experts of a group are never looped over. Their down-projections are one
 Linear(D, C*r); the MRF's depthwise dilated convs over all C*r channels are one gather of every
-tap's source token and one weighted sum (`MoKEGroup.mrf_apply`); CA is one
+grid offset's source token and one weighted sum (`MoKEGroup.mrf_apply`); CA is one
 scaled-dot-product attention call with the experts as heads; the group average of the C
 up-projections is one Linear(C*r, D) (the mean of W_i h_i is [W_1 .. W_C] [h_1; ..; h_C] / C); the
 per-expert up-projections run only on the [CLS] token of the last group, for the heads. On
@@ -95,7 +95,7 @@ class MoKEGroup(nn.Module):
         self.down = nn.Linear(width, channels)  # rows [i*dim:(i+1)*dim] are expert i's projection
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
-        # The convs hold the MRF's parameters (PyTorch's init, the checkpoint layout); `mrf` applies them.
+        # The convs hold the MRF's parameters (PyTorch's init, the checkpoint layout); `mrf_apply` applies them.
         self.mrf = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels)
                                  for d in dilations)
         offsets, sources = _mrf_sources(grid, dilations, num_prefix)
@@ -143,29 +143,27 @@ def _mrf_sources(grid: tuple[int, int], dilations: Sequence[int], num_prefix: in
     """The dilations' 3x3 taps (flattened in order) as offsets on the grid: each tap's offset index
     [9 x dilations], and per offset the token each output token reads [offsets, N], N (one past the
     last token: the zero padding) where it falls outside the grid. Taps of one offset (every centre)
-    share it; an offset that never lands inside the grid gets the index one past the last offset. A prefix token is its own 1x1
-    map: only the centre offset reads it."""
+    share it; a tap whose offset never lands inside the grid gets the index one past the last offset
+    (`mrf_apply` drops its weight). A prefix token is its own 1x1 map: only the centre offset reads it."""
     rows, cols = grid
     y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     y, x = y.flatten(), x.flatten()
     n = num_prefix + rows * cols
-    offsets: dict[tuple[int, int], int] = {}
+    offsets: dict[tuple[int, int], int | None] = {}  # an offset's row in `sources`, None: never inside
     tap_offsets, sources = [], []
     for d in dilations:
         for tap in range(9):
             dy, dx = (tap // 3 - 1) * d, (tap % 3 - 1) * d
             if (dy, dx) not in offsets:
                 inside = (y + dy >= 0) & (y + dy < rows) & (x + dx >= 0) & (x + dx < cols)
-                if not inside.any():
-                    tap_offsets.append(-1)
-                    continue
-                offsets[dy, dx] = len(sources)
-                grid_source = torch.where(inside, num_prefix + (y + dy) * cols + x + dx, n)
-                prefix_source = torch.arange(num_prefix) if (dy, dx) == (0, 0) else torch.full((num_prefix,), n)
-                sources.append(torch.cat([prefix_source, grid_source]))
+                offsets[dy, dx] = len(sources) if inside.any() else None
+                if inside.any():
+                    grid_source = torch.where(inside, num_prefix + (y + dy) * cols + x + dx, n)
+                    prefix_source = torch.arange(num_prefix) if (dy, dx) == (0, 0) else torch.full((num_prefix,), n)
+                    sources.append(torch.cat([prefix_source, grid_source]))
             tap_offsets.append(offsets[dy, dx])
-    dropped = len(sources)  # a row of weights `mrf_apply` leaves out
-    return torch.tensor([dropped if i < 0 else i for i in tap_offsets]), torch.stack(sources)
+    dropped = len(sources)  # the row of weights `mrf_apply` leaves out
+    return torch.tensor([dropped if i is None else i for i in tap_offsets]), torch.stack(sources)
 
 
 def _pre_norms(block: nn.Module) -> tuple[nn.Module, nn.Module]:
