@@ -155,10 +155,16 @@ def recipe(
 
 @app.command("fold-summary")
 def fold_summary(
-    runs: Annotated[list[Path], typer.Argument(help="finished run folders, one per fold")],
-    out: Annotated[Path, typer.Option(help="JSON file: mean and std of every metric over the runs")],
+    protocol: Annotated[Path, typer.Argument(help="the protocol's folder: one run folder fold<K> per fold")],
+    fold: Annotated[list[int], typer.Option(help="a fold to take (repeat it); dvc.yaml passes params.yaml's list")],
+    out: Annotated[Path, typer.Option(help="JSON file: mean and std of every metric over the folds")],
 ) -> None:
-    """k-fold protocols (BP4D/DISFA 3 folds, DFEW 5) report the mean over folds: one JSON for DVC."""
+    """k-fold protocols (BP4D/DISFA 3 folds, DFEW 5) report the mean over folds: one JSON for DVC.
+    The folds are named, not globbed: a folder left by an earlier, longer fold list is not counted."""
+    runs = [protocol / f"fold{k}" for k in fold]
+    missing = [str(run) for run in runs if not (run / "metrics.json").is_file()]
+    if missing:
+        raise typer.BadParameter(f"no metrics.json in {', '.join(missing)} (run those folds first)", param_hint="--fold")
     per_run = {str(run): json.loads((run / "metrics.json").read_text()) for run in runs}
     keys = sorted({k for m in per_run.values() for k, v in m.items() if isinstance(v, (int, float))})
     summary: dict[str, object] = {"n_runs": len(per_run)}

@@ -17,10 +17,11 @@ from flows.runners import run_logs
 
 def run_label(cfg: TrainConfig) -> str:
     """The run's name in the UI and its artifact key: the method and the run folder (a run is its folder:
-    runs/pe_clip/dfew_fold3 -> pe-clip-dfew-fold3, runs/lora -> multitask-lora), as an artifact key
+    runs/pe_clip/fold3 -> pe-clip-fold3, runs/lora -> multitask-lora), as an artifact key
     may be spelled (lowercase letters, digits, dashes)."""
-    parts = [cfg.method, *(p for p in Path(cfg.out).parts[-2:] if p not in ("runs", cfg.method))]
-    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+    folder = "-".join(p for p in Path(cfg.out).parts[-2:] if p != "runs")
+    name = folder if folder.startswith(cfg.method) else f"{cfg.method}-{folder}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 @flow(name="train-run", log_prints=True)

@@ -43,6 +43,9 @@ def dvc_repo(path: Path) -> Path:
     for name in PIPELINE_FILES:
         shutil.copy(ROOT / name, path / name)
     Repo.init(path, no_scm=True)
+    ours = (ROOT / ".dvc" / "config").read_text()  # its [parsing] shapes fold-summary's cmd
+    with open(path / ".dvc" / "config", "a") as config:
+        config.write("\n" + ours[ours.index("[parsing]"):])
     return path
 
 
@@ -53,16 +56,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stages(repo: Path) -> dict[str, Stage]:
-    from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc:
-        return {s.name: Stage(
-            s.cmd,
-            [d.def_path for d in s.deps if not isinstance(d, ParamsDependency)],
-            [o.def_path for o in s.outs],
-            sorted(k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params),
-        ) for s in dvc.index.stages}
+    return resolved_stages(repo)
 
 
 class _Stop(Exception):
@@ -153,17 +147,44 @@ def test_protocol_stages_score_the_papers_test_sets(stages: dict[str, Stage]) ->
     assert thesis[thesis.index("--tasks") + 1] == "emotion,age_bin,gender"
 
 
-def test_every_k_fold_protocol_has_a_run_per_fold_and_a_summary_of_them(stages: dict[str, Stage]) -> None:
-    """params.yaml `folds`: BP4D and DISFA 3 folds (AUFormer), DFEW 5 (PE-CLIP); METHOD_folds averages
-    exactly the metrics of that method's fold runs."""
-    folds = yaml.safe_load((ROOT / "params.yaml").read_text())["folds"]
-    assert {"auformer": [1, 2, 3], "auformer_disfa": [1, 2, 3], "pe_clip": [1, 2, 3, 4, 5]}.items() <= folds.items()
-    for method, ks in folds.items():
+def resolved_stages(repo: Path) -> dict[str, Stage]:
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return {s.name: Stage(
+            s.cmd,
+            [d.def_path for d in s.deps if not isinstance(d, ParamsDependency)],
+            [o.def_path for o in s.outs],
+            sorted(k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params),
+        ) for s in dvc.index.stages}
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["demo", "full-protocols"])
+def test_every_k_fold_protocol_has_a_run_per_fold_and_a_summary_of_them(full: bool, tmp_path: Path) -> None:
+    """params.yaml `folds`: the demo runs fold 1 of each protocol; with every fold listed (BP4D and DISFA 3
+    folds for AUFormer, DFEW 5 for PE-CLIP, as `dvc exp run -S` sets them) there is a run per fold, each
+    in PROTOCOL/fold<k>, and METHOD_folds averages exactly the listed folds' runs."""
+    repo = dvc_repo(tmp_path / "dvc")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert {m: v["fold"] for m, v in params["folds"].items()} == {"auformer": [1], "auformer_disfa": [1], "pe_clip": [1]}
+    if full:
+        params["folds"] = {"auformer": {"fold": [1, 2, 3]}, "auformer_disfa": {"fold": [1, 2, 3]},
+                           "pe_clip": {"fold": [1, 2, 3, 4, 5]}}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    stages = resolved_stages(repo)
+    for method, entry in params["folds"].items():
+        ks = entry["fold"]
         runs = sorted(name for name in stages if name.split("@")[0] == method)
         assert runs == [f"{method}@{k}" for k in ks]
-        assert f"--section {method} --set fold=" in " ".join(stages[runs[0]].cmd.split())
-        metrics = sorted(o for run in runs for o in stages[run].outs if o.endswith("/metrics.json"))
-        assert sorted(stages[f"{method}_folds"].deps) == metrics, method
+        for k, run in zip(ks, runs):
+            assert f"--section {method} --set fold={k} --set out=runs/{method}/fold{k} " in " ".join(stages[run].cmd.split())
+            assert f"runs/{method}/fold{k}/metrics.json" in stages[run].outs
+        summary = stages[f"{method}_folds"]
+        assert stages[f"{method}_folds"].deps == [f"runs/{method}"], method
+        cmd = shlex.split(summary.cmd)
+        assert cmd[:3] == ["fer", "fold-summary", f"runs/{method}"]
+        assert [int(cmd[i + 1]) for i, a in enumerate(cmd) if a == "--fold"] == ks
 
 
 def test_training_commands_overwrite_their_run_folder(stages: dict[str, Stage]) -> None:
@@ -184,7 +205,7 @@ def test_dvc_hashes_no_duckdb_lock_or_timing_file(repo: Path, stages: dict[str, 
     with Repo(str(repo)) as dvc:
         ignored = dvc.dvcignore.is_ignored_file
         for path in ("data/catalog.duckdb", "data/ingest/rafdb/catalog.duckdb", "data/catalog.duckdb.wal",
-                     "data/ingest/rafdb/.ingest.lock", "runs/lp/speed.json", "runs/pe_clip/dfew_fold1/speed.json"):
+                     "data/ingest/rafdb/.ingest.lock", "runs/lp/speed.json", "runs/pe_clip/fold1/speed.json"):
             assert ignored(str(repo / path)), path
         for path in ("data/catalog/samples/dataset=rafdb/part0.parquet", "data/ingest/rafdb/shards/rafdb/_info.json",
                      "runs/lp/metrics.json"):

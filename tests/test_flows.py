@@ -88,10 +88,12 @@ def test_train_run_shows_its_epochs_and_reports_under_its_own_key(tmp_path: Path
 
 
 def test_each_run_reports_under_its_own_key() -> None:
-    pe_clip = [TrainConfig(method="pe_clip", fold=k, out=f"runs/pe_clip/dfew_fold{k}") for k in range(1, 6)]
-    pe_clip.append(TrainConfig(method="pe_clip", out="runs/pe_clip/ferv39k"))
+    pe_clip = [TrainConfig(method="pe_clip", fold=k, out=f"runs/pe_clip/fold{k}") for k in range(1, 6)]
+    pe_clip.append(TrainConfig(method="pe_clip", out="runs/pe_clip_ferv39k"))
     labels = [run_label(cfg) for cfg in pe_clip]
-    assert labels[0] == "pe-clip-dfew-fold1" and labels[-1] == "pe-clip-ferv39k"
+    assert labels[0] == "pe-clip-fold1" and labels[-1] == "pe-clip-ferv39k"
+    assert run_label(TrainConfig(method="auformer", out="runs/auformer_disfa/fold2")) == "auformer-disfa-fold2"
+    assert run_label(TrainConfig(method="cafe", out="runs/cafe/rafdb")) == "cafe-rafdb"
     assert len(set(labels)) == 6 and not any("lp" in label.split("-") for label in labels)
     multitask = [run_label(TrainConfig(peft=peft, out=f"runs/{peft}")) for peft in ("lp", "lora")]
     assert multitask == ["multitask-lp", "multitask-lora"]
