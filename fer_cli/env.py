@@ -45,6 +45,7 @@ AUTH_FILE = "api-auth-string"  # in PREFECT_HOME, mode 0600, made once
 AUTH_KEYS = ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")  # the server's, the clients'
 STARTUP_S = 180  # a server start takes 10-25 s here, far more on a loaded machine
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STARTING = "FER_PREFECT_SERVER_PID"  # set by scripts/with-prefect-server: its server may still be starting
 
 app = typer.Typer()  # `fer env`, joined into fer_cli.main's app
 
@@ -167,10 +168,27 @@ def prefect_api() -> str | None:
 
         return PREFECT_API_URL.value()
     url = os.environ.get("PREFECT_API_URL") or f"http://{HOST}:{ui_port()}/api"
-    if "PREFECT_API_URL" not in os.environ and not answers(url):
+    if os.environ.get(STARTING):
+        wait_for_server(url, int(os.environ[STARTING]))
+    elif "PREFECT_API_URL" not in os.environ and not answers(url):
         url = start_server()
     os.environ["PREFECT_API_URL"] = url
     return url
+
+
+def wait_for_server(url: str, pid: int, timeout: float = STARTUP_S) -> None:
+    """Wait for the server `scripts/with-prefect-server` started (process `pid`) to answer at `url`:
+    it starts beside the first stages (the sample data needs no server), so a command that runs flows
+    may come before it is up. One line (exit 1) if it dies or does not answer within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not answers(url):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise SystemExit(f"error: the prefect server (pid {pid}) for {url} exited; see $PREFECT_HOME/server.log") from None
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: the prefect server (pid {pid}) did not answer on {url} within {timeout:.0f} s")
+        time.sleep(0.25)
 
 
 def _free_port() -> int:

@@ -509,6 +509,10 @@ def process_batch(settings: Settings, batch: list[Record]) -> Results:
         cache = _local.workers = {}
     key = replace(settings, workers=None, chunk_frames=1)  # a Worker depends on neither
     if key not in cache:
+        # OpenCV's own pool the size of the detector's (`share_cores`): with a worker per core each
+        # running OpenCV on every core, their calls queued for its one pool, spinning. Process-wide,
+        # the same value from every worker of a job; the pixels do not depend on it.
+        cv2.setNumThreads(settings.threads)
         faces = FaceConfig(detector=settings.detector, faces=settings.faces, size=settings.size,
                            model_path=settings.detector_model, threads=settings.threads)
         cache[key] = Worker(faces, settings.quality, settings.segments, settings.sampling,
@@ -736,7 +740,8 @@ class IngestJob:
 
 
 def share_cores(workers: int | None, needs_detector: bool) -> tuple[int, int]:
-    """(worker threads, onnxruntime threads per detector session), sharing out the cores.
+    """(worker threads, threads per worker: onnxruntime's per detector session and OpenCV's pool),
+    sharing out the cores.
 
     A detector wants the cores in one session (2 cores: 1 worker x 2 ORT threads 67 img/s against
     2 x 1 at 52); decoding and encoding alone want a thread per core (aligned: 1919 against 1517 img/s).

@@ -206,9 +206,15 @@ def make_loader(
 class IndexedSamples(torch.utils.data.Dataset):
     """The selected samples by position in a sorted id list, each read straight from its shard by offset
     (one seek a member): any order, any split over ranks and workers, no shard read twice an epoch.
-    An item is a `Slot`; a padding slot's sample comes back with `pad` set (the trainer weighs it 0)."""
+    An item is a `Slot`; a padding slot's sample comes back with `pad` set (the trainer weighs it 0).
 
-    def __init__(self, shard_of: dict[str, str], tasks: Sequence[str] = ("emotion",), aus: Sequence[int] = ()) -> None:
+    `cache_bytes`: decoded samples are kept, up to that many bytes of pixels, for the later epochs of
+    a run that reads them in this process (no loader workers: theirs restart every epoch). A set that
+    fits is then decoded once, not once an epoch (a 16-frame clip is 16 JPEG decodes); pixels are the
+    same tensors either way, and augmentation works on the batch, after them."""
+
+    def __init__(self, shard_of: dict[str, str], tasks: Sequence[str] = ("emotion",), aus: Sequence[int] = (),
+                 cache_bytes: int = 0) -> None:
         from fer_data.shards import index_shard, sample_key
 
         self.ids = sorted(shard_of)
@@ -220,12 +226,15 @@ class IndexedSamples(torch.utils.data.Dataset):
                              f"e.g. {missing[0]} in {shard_of[missing[0]]}")
         self.where = [(shard_of[i], indexes[shard_of[i]][sample_key(i)]) for i in self.ids]
         self._files: dict[str, Any] = {}  # this process's open shards
+        self.cache_bytes = cache_bytes
+        self._decoded: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getstate__(self) -> dict[str, Any]:  # workers open their own files
-        return {**self.__dict__, "_files": {}}
+    def __getstate__(self) -> dict[str, Any]:  # workers open their own files and keep no decoded samples
+        return {**self.__dict__, "_files": {}, "_decoded": {}, "_decoded_bytes": 0, "cache_bytes": 0}
 
     def _read(self, url: str, offset: int, size: int) -> bytes:
         if url not in self._files:
@@ -235,9 +244,15 @@ class IndexedSamples(torch.utils.data.Dataset):
         return f.read(size)
 
     def __getitem__(self, slot: "Slot") -> tuple[torch.Tensor, dict[str, Any]]:
-        url, members = self.where[slot.index]
-        sample = {ext: self._read(url, *at) for ext, at in members.items()}
-        pixels, targets = _to_example(sample, self.tasks, self.aus)
+        example = self._decoded.get(slot.index)
+        if example is None:
+            url, members = self.where[slot.index]
+            example = _to_example({ext: self._read(url, *at) for ext, at in members.items()}, self.tasks, self.aus)
+            size = example[0].nbytes
+            if self._decoded_bytes + size <= self.cache_bytes:
+                self._decoded[slot.index] = example
+                self._decoded_bytes += size
+        pixels, targets = example
         return pixels, {**targets, "pad": torch.tensor(slot.pad), "batch_total": torch.tensor(slot.batch_total)}
 
 

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.json"
+# Decoded training samples kept between epochs when the trainer's own process reads them (IndexedSamples):
+# the demo's sets fit whole; a larger set is decoded as before past this much pixel memory.
+DECODE_CACHE_BYTES = 1 << 30
 SPEED = "speed.json"  # images/s of each epoch: a timing, never the same twice, so nothing DVC tracks
 SEEN = "seen.json"  # with log_seen: samples read per epoch over all ranks, and how many distinct
 # What a training run writes in its folder: `overwrite` removes these and never another file. `eval`
@@ -435,7 +438,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after_epoch: in
     forward = parallel(model, cfg, device)
     if main:
         (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
-    train_set = IndexedSamples(data["train"].shard_of, model.tasks, cfg.aus)
+    train_set = IndexedSamples(data["train"].shard_of, model.tasks, cfg.aus,
+                               cache_bytes=0 if cfg.num_workers else DECODE_CACHE_BYTES)
 
     from dvclive import Live
 

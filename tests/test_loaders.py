@@ -109,3 +109,37 @@ def test_rank_loaders_read_every_selected_sample_once(sharded: Path) -> None:
             if sid in seen:
                 assert seen[sid][:2] == (int(t["age_bin"][i]), int(t["gender"][i]))
                 assert torch.equal(seen[sid][2], pixels[i])
+
+
+def test_decoded_samples_are_kept_between_epochs_up_to_the_budget(sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the trainer's own process a set that fits the budget is decoded once for all epochs, with the
+    same pixels and targets as decoding every time; past the budget the rest is decoded each epoch, and
+    loader workers keep nothing (theirs restart every epoch)."""
+    import fer_data.loaders as loaders
+
+    decoded: list[int] = []
+    real = loaders._image
+
+    def counting(data: bytes) -> torch.Tensor:
+        decoded.append(1)
+        return real(data)
+
+    monkeypatch.setattr(loaders, "_image", counting)
+    shard_of = sample_shards(sharded / "catalog.duckdb", "true")
+    n = len(shard_of)
+
+    def epochs(dataset: IndexedSamples) -> list[tuple[torch.Tensor, dict]]:
+        return [b for seed in (0, 1) for b in make_rank_loader(dataset, batch_size=4, seed=seed)]
+
+    plain = epochs(IndexedSamples(shard_of, ("age_bin", "gender")))
+    assert len(decoded) == 2 * n
+    decoded.clear()
+    cached = epochs(IndexedSamples(shard_of, ("age_bin", "gender"), cache_bytes=1 << 30))
+    assert len(decoded) == n
+    for (p1, t1), (p2, t2) in zip(plain, cached, strict=True):
+        assert torch.equal(p1, p2) and t1["sample_id"] == t2["sample_id"] and torch.equal(t1["gender"], t2["gender"])
+    decoded.clear()
+    one = 3 * 112 * 112
+    epochs(IndexedSamples(shard_of, ("age_bin", "gender"), cache_bytes=2 * one))  # room for two samples
+    assert len(decoded) == 2 * n - 2
+    assert IndexedSamples(shard_of, cache_bytes=1 << 30).__getstate__()["cache_bytes"] == 0

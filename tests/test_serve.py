@@ -296,3 +296,44 @@ def test_tests_use_their_own_prefect_home() -> None:
     home = get_current_settings().home.resolve()
     assert home == PREFECT_HOME.resolve() and not home.is_relative_to(REPO)
     assert os.environ["PREFECT_HOME"] == str(PREFECT_HOME)
+
+
+def test_a_command_waits_for_the_server_the_script_is_still_starting(tmp_path: Path) -> None:
+    """`make demo` starts its server beside the first stages: a flow command waits for it to answer,
+    and says so in one line when the server process died instead."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from fer_cli.env import wait_for_server
+
+    class Version(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path == "/api/admin/version" else 404)
+            self.end_headers()
+            self.wfile.write(b'"3"')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    starting = subprocess.Popen(["sleep", "60"])  # stands in for the server's process
+    servers: list[HTTPServer] = []
+
+    def answer_later() -> None:
+        time.sleep(1.5)
+        servers.append(HTTPServer(("127.0.0.1", port), Version))
+        servers[0].serve_forever()
+
+    threading.Thread(target=answer_later, daemon=True).start()
+    try:
+        began = time.monotonic()
+        wait_for_server(url, starting.pid, timeout=30)
+        assert 1.4 < time.monotonic() - began < 20
+    finally:
+        starting.kill()
+        starting.wait()
+        if servers:
+            servers[0].shutdown()
+    with pytest.raises(SystemExit, match=f"pid {starting.pid}.*exited"):
+        wait_for_server(f"http://127.0.0.1:{free_port()}/api", starting.pid, timeout=30)
