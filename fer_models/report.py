@@ -117,7 +117,8 @@ def results_table(runs: Path, cross_dataset: Path | Sequence[Path] | None = None
     notes = []
     for name, members in groups.items():
         method = members[0].config.get("method", MISSING)
-        label = name if name.split("/")[0] == method else f"{name} ({method})"
+        folder = name.split("/")[0]  # a protocol folder named after its method (auformer_disfa) names it too
+        label = name if folder == method or folder.startswith(f"{method}_") else f"{name} ({method})"
         stats = {k: _stats([r.metrics.get(k) for r in members]) for k in [*keys, *BASELINES]}
         rows.append({"run": label, "test data": tested_on(members[0].config),
                      "n": str(sum(int(r.metrics.get("n_samples", 0)) for r in members)),
