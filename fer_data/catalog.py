@@ -381,8 +381,10 @@ def rewrite(path: str | Path, drop: Collection[str] | None = ()) -> Iterator[duc
         with _new_index(path) as con:
             if listing is not None and drop is not None:
                 _load(con, folder, drop=drop)
-            yield con  # no transaction: the index is a new file no reader sees before the swap, and each
-            _publish(con, folder)  # statement's commit lets DuckDB write its rows out instead of holding them
+            # No transaction: the index is a new file no reader sees before the swap, and each
+            # statement's commit lets DuckDB write its rows out instead of holding them.
+            yield con
+            _publish(con, folder)
 
 
 def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path | None = None) -> None:

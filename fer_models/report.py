@@ -45,6 +45,13 @@ class Run:
     metrics: dict[str, Any]
 
 
+def named_after(folder: str, method: str) -> bool:
+    """Whether a run's first folder names its method: `lp` does not (multitask), `pe_clip` and a
+    protocol folder after it (`auformer_disfa`, `pe_clip_ferv39k`) do. The run's label adds the method
+    only where it does not (`fer report`'s table, the run's name in the Prefect UI)."""
+    return folder == method or folder.startswith(f"{method}_")
+
+
 def find_runs(runs: Path) -> list[Run]:
     """Every finished run under `runs`: a folder with both metrics.json and config.json (so
     dvclive/ and `fer evaluate`'s eval/ folders are not runs), sorted by folder."""
@@ -117,8 +124,7 @@ def results_table(runs: Path, cross_dataset: Path | Sequence[Path] | None = None
     notes = []
     for name, members in groups.items():
         method = members[0].config.get("method", MISSING)
-        folder = name.split("/")[0]  # a protocol folder named after its method (auformer_disfa) names it too
-        label = name if folder == method or folder.startswith(f"{method}_") else f"{name} ({method})"
+        label = name if named_after(name.split("/")[0], method) else f"{name} ({method})"
         stats = {k: _stats([r.metrics.get(k) for r in members]) for k in [*keys, *BASELINES]}
         rows.append({"run": label, "test data": tested_on(members[0].config),
                      "n": str(sum(int(r.metrics.get("n_samples", 0)) for r in members)),

@@ -12,6 +12,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from fer_models.config import TrainConfig
+from fer_models.report import named_after
 from flows.runners import run_logs
 
 
@@ -19,8 +20,8 @@ def run_label(cfg: TrainConfig) -> str:
     """The run's name in the UI and its artifact key: the method and the run folder (a run is its folder:
     runs/pe_clip/fold3 -> pe-clip-fold3, runs/lora -> multitask-lora), as an artifact key
     may be spelled (lowercase letters, digits, dashes)."""
-    folder = "-".join(p for p in Path(cfg.out).parts[-2:] if p != "runs")
-    name = folder if folder.startswith(cfg.method) else f"{cfg.method}-{folder}"
+    parts = [p for p in Path(cfg.out).parts[-2:] if p != "runs"]
+    name = "-".join(parts if named_after(parts[0], cfg.method) else [cfg.method, *parts])
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 

@@ -181,7 +181,7 @@ def test_every_k_fold_protocol_has_a_run_per_fold_and_a_summary_of_them(full: bo
             assert f"--section {method} --set fold={k} --set out=runs/{method}/fold{k} " in " ".join(stages[run].cmd.split())
             assert f"runs/{method}/fold{k}/metrics.json" in stages[run].outs
         summary = stages[f"{method}_folds"]
-        assert stages[f"{method}_folds"].deps == [f"runs/{method}"], method
+        assert summary.deps == [f"runs/{method}"], method
         cmd = shlex.split(summary.cmd)
         assert cmd[:3] == ["fer", "fold-summary", f"runs/{method}"]
         assert [int(cmd[i + 1]) for i, a in enumerate(cmd) if a == "--fold"] == ks

@@ -156,8 +156,9 @@ def _mrf_sources(grid: tuple[int, int], dilations: Sequence[int], num_prefix: in
             dy, dx = (tap // 3 - 1) * d, (tap % 3 - 1) * d
             if (dy, dx) not in offsets:
                 inside = (y + dy >= 0) & (y + dy < rows) & (x + dx >= 0) & (x + dx < cols)
-                offsets[dy, dx] = len(sources) if inside.any() else None
+                offsets[dy, dx] = None
                 if inside.any():
+                    offsets[dy, dx] = len(sources)
                     grid_source = torch.where(inside, num_prefix + (y + dy) * cols + x + dx, n)
                     prefix_source = torch.arange(num_prefix) if (dy, dx) == (0, 0) else torch.full((num_prefix,), n)
                     sources.append(torch.cat([prefix_source, grid_source]))
