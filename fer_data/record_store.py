@@ -4,8 +4,9 @@ without holding it, so its memory does not grow with the dataset (AffectNet's 29
 
 A temporary SQLite file keyed by sample id: records come back per split in sample-id order (the
 order shards are written in), and the key finds a repeated id (the first row wins, later ones
-become rejects). Records are stored as JSON plus the raw bytes of the pixels a label file carries (FER2013), with
-their dtype and shape in the JSON: nothing in the file runs as code.
+become rejects). Records are stored as JSON plus the bytes of the pixels a record carries: decoded,
+with their dtype and shape in the JSON, or their text (FER2013's) in UTF-8: nothing in the file runs
+as code.
 """
 
 from __future__ import annotations
@@ -38,12 +39,21 @@ def _pack(rec: Record) -> tuple[str, bytes | None]:
     values["aus"] = [[au, present, intensity] for au, (present, intensity) in rec.aus.items()]
     if rec.pixels is None:
         return json.dumps(values, default=_plain), None
+    if isinstance(rec.pixels, str):  # beside the JSON, not in it: JSON-escaping 9 KB of digits was most of a row's time
+        values["pixels"] = "text"
+        return json.dumps(values, default=_plain), rec.pixels.encode()
     pixels = np.ascontiguousarray(rec.pixels)
     values["pixels"] = [pixels.dtype.str, pixels.shape]
     return json.dumps(values, default=_plain), pixels.tobytes()
 
 
-def _unpack(text: str, pixels: bytes | None) -> Record:
+Stored = tuple[str, bytes | None]  # a record as the store keeps it: JSON text, raw pixel bytes
+
+
+def unpack(stored: Stored) -> Record:
+    """The record back from its stored form (in whichever process works on it: the form is two
+    strings, cheap to send, where a Record with its pixels and tuples takes the driver's time)."""
+    text, pixels = stored
     values: dict[str, Any] = json.loads(text)
     values["aus"] = {au: (present, intensity) for au, present, intensity in values["aus"]}
     for name in ("face_box", "frame_range"):
@@ -51,7 +61,9 @@ def _unpack(text: str, pixels: bytes | None) -> Record:
             values[name] = tuple(values[name])
     if values["landmarks"] is not None:
         values["landmarks"] = tuple(tuple(p) for p in values["landmarks"])
-    if pixels is not None:
+    if values.get("pixels") == "text":
+        values["pixels"] = pixels.decode()
+    elif pixels is not None:
         dtype, shape = values["pixels"]
         values["pixels"] = np.frombuffer(pixels, dtype=np.dtype(dtype)).reshape(shape).copy()  # writable, as read
     return Record(**values)
@@ -71,7 +83,7 @@ class RecordStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.executescript("""
-                PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+                PRAGMA page_size = 65536; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
                 CREATE TABLE records (sample_id TEXT NOT NULL UNIQUE, split TEXT NOT NULL, rec TEXT NOT NULL,
                                       pixels BLOB, key TEXT NOT NULL);
                 CREATE TABLE rejects (reject TEXT NOT NULL);
@@ -116,12 +128,11 @@ class RecordStore:
         for (key,) in self._db.execute("SELECT key FROM records WHERE split = ? ORDER BY sample_id", (split,)):
             yield key
 
-    def records(self, split: str, skip: int = 0) -> Iterator[Record]:
-        """`split`'s records in sample-id order, after the first `skip` (a resumed run's done part)."""
-        cursor = self._db.execute("SELECT rec, pixels FROM records WHERE split = ? ORDER BY sample_id "
-                                  "LIMIT -1 OFFSET ?", (split, skip))
-        for text, pixels in cursor:
-            yield _unpack(text, pixels)
+    def records(self, split: str, skip: int = 0) -> Iterator[Stored]:
+        """`split`'s records in sample-id order, after the first `skip` (a resumed run's done part),
+        stored form (`unpack` makes each a Record)."""
+        yield from self._db.execute("SELECT rec, pixels FROM records WHERE split = ? ORDER BY sample_id "
+                                    "LIMIT -1 OFFSET ?", (split, skip))
 
     def rejects(self) -> Iterator[Reject]:
         for (text,) in self._db.execute("SELECT reject FROM rejects ORDER BY rowid"):

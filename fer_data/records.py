@@ -36,7 +36,9 @@ class Record:
     face_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
     landmarks: tuple[tuple[float, float], ...] | None = None  # 5 points, ArcFace order
     aligned: bool = False  # the source image is already an aligned face crop
-    pixels: np.ndarray | None = None  # decoded image carried inside a label file (FER2013)
+    # An image carried inside a label file: decoded, or its text as the file holds it (FER2013's grey
+    # values, `decode.text_pixels`), which the workers decode: a bad one is then a decode reject.
+    pixels: np.ndarray | str | None = None
     frame_index: int | None = None  # image sample that is one frame of the video at source_path (DISFA)
     frame_range: tuple[int, int] | None = None  # clip: inclusive frame range of the video/folder (CASME II)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -11,7 +11,7 @@ from fer_data.faces import FACES, check_size, parse_chain
 from fer_data.sampling import Sampling
 
 SHARD_FORMAT = 4  # bump when the bytes written for the same inputs change
-SPEED_ONLY = ("threads", "workers", "chunk_frames")  # settings that change speed, never a shard's bytes
+SPEED_ONLY = ("threads", "workers", "processes", "chunk_frames")  # settings that change speed, never a shard's bytes
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Settings:
     batch_size: int = 16  # records per detector batch
     detector_model: str | None = None
     segments: int = 16
-    workers: int | None = None  # worker threads; None: `share_cores` decides
+    workers: int | None = None  # workers; None: `share_cores` decides
+    processes: bool | None = None  # workers as processes, else threads; None: `ingest.start` decides
     threads: int = 1  # onnxruntime threads per detector session; `share_cores` sets it
     # Frames per unit of work handed to a runner (a Prefect task, a Dask future): coarse enough that
     # orchestration is a small part of the work, small enough that the window of units in flight

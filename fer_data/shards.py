@@ -129,9 +129,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class ShardWriter:
     """Writes `<prefix>-00000.tar`, ... into `directory`, cutting at `max_samples` or `max_bytes`.
 
-    `add` takes one sample (its members, from `encode_sample`) and a metadata dict; `carry` notes
+    `add` takes one sample (its members, from `encode_sample`) and its metadata; `carry` notes
     anything else decided while reading up to this point (rejects). Both land in the shard's
-    stats file, which is how a resumed run learns what was already done. `done` keeps only each
+    stats file, which is how a resumed run learns what was already done. Metadata comes as JSON
+    text (`meta_json`), made where the sample was made: the stats file is then put together from
+    the texts, the same bytes as dumping the objects here, without the writer's time on them. `done` keeps only each
     complete shard's summary (`read_stats` gives the rest back), so a writer's memory is one
     shard's metadata whatever the dataset's size.
 
@@ -148,8 +150,8 @@ class ShardWriter:
     _file: BinaryIO | None = field(default=None, init=False)  # the open shard's temp file
     _hash: Any = field(default=None, init=False)  # its running sha256
     _size: int = field(default=0, init=False)  # its bytes so far
-    _samples: list[dict[str, Any]] = field(default_factory=list, init=False)
-    _carried: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _samples: list[str] = field(default_factory=list, init=False)  # JSON texts
+    _carried: list[str] = field(default_factory=list, init=False)
     _bytes: int = field(default=0, init=False)
     done: list[dict[str, Any]] = field(default_factory=list, init=False)
 
@@ -195,7 +197,7 @@ class ShardWriter:
             return summary
         return json.loads((self.directory / (summary["shard"] + STATS_SUFFIX)).read_text())
 
-    def add(self, sample: Sample, meta: dict[str, Any]) -> None:
+    def add(self, sample: Sample, meta: str) -> None:
         if self._samples and (len(self._samples) >= self.max_samples or self._bytes + sample.size > self.max_bytes):
             self._flush()
         if self._file is None:
@@ -205,7 +207,7 @@ class ShardWriter:
         self._samples.append(meta)
         self._bytes += sample.size
 
-    def carry(self, item: dict[str, Any]) -> None:
+    def carry(self, item: str) -> None:
         self._carried.append(item)
 
     def _append(self, data: bytes) -> None:
@@ -220,17 +222,11 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._file.name, self.directory / name)
-        stats = {
-            "shard": name,
-            "n_samples": len(self._samples),
-            "bytes": self._size,
-            "sha256": self._hash.hexdigest(),
-            "fingerprint": self.fingerprint,
-            "samples": self._samples,
-            "carried": self._carried,
-        }
-        _write_atomic(self.directory / (name + STATS_SUFFIX), json.dumps(stats, sort_keys=True).encode())
-        self.done.append(_summary(stats))
+        summary = {"bytes": self._size, "fingerprint": self.fingerprint, "n_samples": len(self._samples),
+                   "sha256": self._hash.hexdigest(), "shard": name}
+        lists = {"carried": self._carried, "samples": self._samples}
+        _write_atomic(self.directory / (name + STATS_SUFFIX), _stats_json({**summary, **lists}).encode())
+        self.done.append({**summary, "n_carried": len(self._carried)})
         self._file, self._hash, self._size = None, None, 0
         self._samples, self._carried, self._bytes = [], [], 0
 
@@ -246,9 +242,21 @@ class ShardWriter:
             self._flush()
         elif self._carried:
             self.done.append({"shard": None, "n_samples": 0, "n_carried": len(self._carried), "samples": [],
-                              "carried": self._carried})
+                              "carried": [json.loads(c) for c in self._carried]})
             self._carried = []
         return self.done
+
+
+def meta_json(meta: dict[str, Any]) -> str:
+    """A sample's or carried item's metadata as its shard's stats file holds it."""
+    return json.dumps(meta, sort_keys=True)
+
+
+def _stats_json(stats: dict[str, Any]) -> str:
+    """`json.dumps(stats, sort_keys=True)` of a shard's stats whose lists hold `meta_json` texts, byte
+    for byte: a JSON list is its items' texts joined by ", "."""
+    return "{" + ", ".join(f"{json.dumps(k)}: " + (f"[{', '.join(v)}]" if isinstance(v, list) else json.dumps(v))
+                           for k, v in sorted(stats.items())) + "}"
 
 
 def _summary(stats: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fer_data import catalog
 from fer_data.datasets import get_adapter
-from fer_data.ingest import Chunk, IngestJob, IngestResult, Processed, accounting, drive, process_chunk, start
+from fer_data.ingest import (Chunk, IngestJob, IngestResult, LocalRunner, Processed, accounting, drive, local_runner,
+                             process_chunk, start)
 from fer_data.settings import SPEED_ONLY, Settings
 from fer_data.shards import fingerprint
 from flows.runners import run_logs, task_runner
@@ -31,18 +32,20 @@ from flows.runners import run_logs, task_runner
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, cache_result_in_memory=False,
       task_run_name="align-{chunk.split}-{chunk.index}")
-def align_chunk(settings: Settings, chunk: Chunk) -> Processed:
-    return process_chunk(settings, chunk)
+def align_chunk(settings: Settings, chunk: Chunk, local: LocalRunner | None = None) -> Processed:
+    """One chunk: on this machine's workers (`local`, processes for a large job), else where the task runs (Dask)."""
+    return local.run(settings, chunk) if local else process_chunk(settings, chunk)
 
 
 class PrefectRunner:
-    """`drive`'s runner over a Prefect task runner: one `align_chunk` task run per chunk."""
+    """`drive`'s runner over a Prefect task runner: one `align_chunk` task run per chunk, its work on
+    `local`'s workers when given (a task then waits in a thread of Prefect's pool)."""
 
-    def __init__(self, runner: TaskRunner) -> None:
-        self.runner = runner
+    def __init__(self, runner: TaskRunner, local: LocalRunner | None) -> None:
+        self.runner, self.local = runner, local
 
     def submit(self, settings: Settings, chunk: Chunk) -> PrefectFuture:
-        return self.runner.submit(align_chunk, parameters={"settings": settings, "chunk": chunk})
+        return self.runner.submit(align_chunk, parameters={"settings": settings, "chunk": chunk, "local": self.local})
 
     def result(self, handle: PrefectFuture) -> Processed:
         return handle.result()
@@ -81,6 +84,7 @@ def ingest_flow(dataset: str, raw_root: str, out: str = "data", settings: dict[s
     """Ingest one dataset: `settings` are `fer_data.ingest.Settings` fields, `runner` local threads or dask."""
     with IngestJob(dataset, raw_root, out, Settings(**(settings or {}))) as job:  # the lock goes with the job
         workers = start(job)
+        local = None if runner == "dask" else local_runner(job)
         key = f"ingest-{dataset}-progress".lower().replace("_", "-")
         progress = create_progress_artifact(progress=0.0, key=key,
                                             description=f"ingest {dataset}: records aligned and sharded")
@@ -101,7 +105,12 @@ def ingest_flow(dataset: str, raw_root: str, out: str = "data", settings: dict[s
                     logger.info("%s: %d of %d records aligned and sharded (%d %%)", dataset, done, total,
                                 100 * done // max(1, total))
 
-            result = drive(job, PrefectRunner(prefect_runner), window=2 * workers, on_progress=on_progress)
+            try:
+                result = drive(job, PrefectRunner(prefect_runner, local), window=2 * workers,
+                               on_progress=on_progress)
+            finally:
+                if local:
+                    local.close()
     update_progress_artifact(progress, 100.0)
     create_markdown_artifact(summary_markdown(result, job), key=f"ingest-{dataset}".lower().replace("_", "-"),
                              description=f"ingest summary of {dataset}")

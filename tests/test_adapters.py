@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fer_data import catalog
 from fer_data.datasets import ADAPTERS, LayoutError, get_adapter
+from fer_data.decode import text_pixels
+from fer_data.ingest import ingest
 from fer_data.labels import hash_split
 from fer_data.records import Record, Reject
 
@@ -370,8 +373,9 @@ def test_fer2013_labels_splits_and_pixels(tmp_path: Path, header: str) -> None:
     assert rejects == []
     assert {sid: (r.split, r.emotion) for sid, r in records.items()} == FER2013_EXPECTED
     for i, rec in enumerate(records.values()):
-        assert rec.pixels is not None and rec.pixels.dtype == np.uint8 and rec.pixels.shape == (48, 48)
-        np.testing.assert_array_equal(rec.pixels, pixel_array(i))
+        pixels = text_pixels(rec.pixels)  # the row's text, decoded by the workers
+        assert pixels.dtype == np.uint8 and pixels.shape == (48, 48)
+        np.testing.assert_array_equal(pixels, pixel_array(i))
         assert rec.source_path == f"{path}#row={i}"
 
 
@@ -387,9 +391,16 @@ def test_fer2013_bad_rows_become_rejects(tmp_path: Path) -> None:
         0,{pixel_text(6)},Validation
     """)
     records, rejects = read("fer2013", tmp_path)
-    assert list(records) == ["fer2013:0000000"]
-    assert reasons(rejects) == ["label_out_of_range", "unparsable_row", "unparsable_row",
-                                "corrupt_image", "corrupt_image", "label_out_of_range"]
+    assert list(records) == ["fer2013:0000000", "fer2013:0000004", "fer2013:0000005"]
+    assert reasons(rejects) == ["label_out_of_range", "unparsable_row", "unparsable_row", "label_out_of_range"]
+    # the pixels are the decode stage's: the workers read them, a bad one is a reject there
+    result = ingest("fer2013", tmp_path, tmp_path / "out", size=112)
+    assert (result.rows_read, result.n_samples, result.n_rejects) == (7, 1, 6)
+    bad = catalog.query(result.catalog, "SELECT source_path, stage, reason, detail FROM rejects WHERE stage = 'decode' "
+                                        "ORDER BY source_path")
+    assert bad.values.tolist() == [
+        ["fer2013.csv#row=4", "decode", "corrupt_image", "pixels has 3 values, expected 2304"],
+        ["fer2013.csv#row=5", "decode", "corrupt_image", "pixel values outside 0..255"]]
 
 
 def test_fer2013_infinite_emotion_is_a_reject(tmp_path: Path) -> None:
@@ -459,9 +470,9 @@ def test_ferplus_rows_follow_fer2013_row_order(tmp_path: Path) -> None:
     fer, _ = read("fer2013", tmp_path)
     assert list(records) == ["ferplus:fer0000000.png", "ferplus:fer0000002.png"]
     assert reasons(rejects) == ["missing_file"]
-    np.testing.assert_array_equal(records["ferplus:fer0000000.png"].pixels, fer["fer2013:0000000"].pixels)
-    np.testing.assert_array_equal(records["ferplus:fer0000002.png"].pixels, fer["fer2013:0000002"].pixels)
-    np.testing.assert_array_equal(records["ferplus:fer0000002.png"].pixels, pixel_array(12))
+    assert records["ferplus:fer0000000.png"].pixels == fer["fer2013:0000000"].pixels
+    assert records["ferplus:fer0000002.png"].pixels == fer["fer2013:0000002"].pixels
+    np.testing.assert_array_equal(text_pixels(records["ferplus:fer0000002.png"].pixels), pixel_array(12))
     assert records["ferplus:fer0000002.png"].source_path == f"{tmp_path / 'fer2013.csv'}#row=2"
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fer_data import shards
+from fer_data import catalog, shards
 from fer_data.ingest import IngestJob, InputKeys, Processed, Settings, drive, ingest, process_chunk
-from fer_data.record_store import RecordStore
+from fer_data.record_store import RecordStore, unpack
 from fer_data.records import Record, Reject
 
 
@@ -40,18 +43,20 @@ def test_store_gives_records_back_exactly_in_sample_id_order(tmp_path: Path) -> 
         Record("d:a", "d", "train", "/x/a.csv#row=0", pixels=pixels, aligned=True, emotion=3, valence=np.float32(0.5)),
         Record("d:c", "d", "test", "/x/c.mp4", kind="clip", frame_range=(3, 9), age=31.5),
         Record("d:a", "d", "val", "/x/a2.jpg"),  # a repeated id: the first row wins
+        Record("d:e", "d", "test", "/x/e.csv#row=4", pixels="0 1 2 255 ü"),  # pixels as the label file's text
     ]
     store = RecordStore(items, InputKeys("/x"))
     try:
-        assert (store.n_rows, store.n_records, store.n_rejects) == (5, 3, 2)
+        assert (store.n_rows, store.n_records, store.n_rejects) == (6, 4, 2)
         assert store.splits == ["test", "train"]
-        train = list(store.records("train"))
+        train = [unpack(stored) for stored in store.records("train")]
         assert [r.sample_id for r in train] == ["d:a", "d:b"]
         assert np.array_equal(train[0].pixels, pixels) and train[0].pixels.dtype == np.uint8
         assert train[0].valence == 0.5 and train[0].emotion == 3 and train[0].aligned
         assert train[1] == items[0]  # tuples, AU dict with int keys, extra: all as given
-        assert list(store.records("test"))[0].frame_range == (3, 9)
-        assert [r.sample_id for r in store.records("train", skip=1)] == ["d:b"]
+        test = [unpack(stored) for stored in store.records("test")]
+        assert test[0].frame_range == (3, 9) and test[1] == items[-1]
+        assert [unpack(stored).sample_id for stored in store.records("train", skip=1)] == ["d:b"]
         assert [(r.reason, r.detail) for r in store.rejects()] == [("unparsable_row", "line 3"),
                                                                    ("duplicate_sample_id", "d:a")]
     finally:
@@ -66,7 +71,7 @@ def test_streamed_fingerprint_is_the_listed_one(tmp_path: Path) -> None:
     with IngestJob("fer2013", root, tmp_path / "out", Settings(size=112)) as job:
         for split in job.splits:
             keys = InputKeys(root)
-            listed = [json.loads(keys(r)) for r in job.store.records(split)]
+            listed = [json.loads(keys(unpack(stored))) for stored in job.store.records(split)]
             streamed = shards.fingerprint_streamed(job.settings.params(), job.store.keys(split))
             assert streamed == shards.fingerprint(job.settings.params(), listed)
 
@@ -79,6 +84,42 @@ def test_chunking_and_runner_never_change_a_byte(tmp_path: Path) -> None:
     tars = {run: sorted((tmp_path / run / "shards").rglob("*.tar")) for run in "ab"}
     assert len(tars["a"]) == 6  # 50 per usage, 40 per shard
     assert [p.read_bytes() for p in tars["a"]] == [p.read_bytes() for p in tars["b"]]
+
+
+def test_worker_processes_write_the_thread_paths_bytes(tmp_path: Path) -> None:
+    """Chunks in spawned worker processes: the same tars, stats files and catalog as one thread, with
+    a bad pixel string a decode reject either way."""
+    root = fer2013_csv(tmp_path / "raw", 120)
+    with (root / "fer2013.csv").open("a") as f:
+        f.write("3,1 2 x,Training\n")
+    a = ingest("fer2013", root, tmp_path / "a", size=112, shard_samples=40, workers=1)
+    b = ingest("fer2013", root, tmp_path / "b", size=112, shard_samples=40, workers=2, processes=True, chunk_frames=32)
+    assert (a.rows_read, a.n_samples, a.n_rejects) == (b.rows_read, b.n_samples, b.n_rejects) == (121, 120, 1)
+    files = {run: sorted(p for p in (tmp_path / run / "shards").rglob("*") if p.is_file()) for run in "ab"}
+    assert [p.relative_to(tmp_path / "a") for p in files["a"]] == [p.relative_to(tmp_path / "b") for p in files["b"]]
+    assert [p.read_bytes() for p in files["a"]] == [p.read_bytes() for p in files["b"]]
+    for p in files["a"]:
+        if p.name.endswith(shards.STATS_SUFFIX):  # put together from the samples' texts, as json.dumps writes it
+            assert p.read_text() == json.dumps(json.loads(p.read_text()), sort_keys=True)
+    for q in ("SELECT * FROM samples ORDER BY sample_id", "SELECT * FROM rejects", "SELECT * FROM shards ORDER BY path"):
+        assert catalog.query(a.catalog, q).equals(catalog.query(b.catalog, q)), q
+    assert catalog.query(b.catalog, "SELECT stage, reason, detail FROM rejects").values.tolist() == [
+        ["decode", "corrupt_image", "pixels holds a value that is not an integer"]]
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_script_without_a_main_guard_gets_threads(tmp_path: Path, guarded: bool) -> None:
+    """A spawned worker runs the main script again: one without `if __name__ == "__main__":` would
+    start an ingest in each, so it gets threads and a warning that says how to get processes."""
+    call = "print(spawn_safe())"
+    script = tmp_path / "mine.py"
+    script.write_text("from fer_data.ingest import spawn_safe\n" +
+                      (f"if __name__ == '__main__':\n    {call}\n" if guarded else f"{call}\n"))
+    got = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == str(guarded)
+    assert ("has no `if __name__" in got.stderr) is not guarded
 
 
 class CountingRunner:

@@ -452,6 +452,51 @@ def test_kill_9_mid_shard_then_resume(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_kill_9_with_worker_processes_then_resume(tmp_path: Path) -> None:
+    """An ingest whose chunks run in spawned worker processes, killed mid-run: its workers do not
+    outlive it, and the resumed run gives exactly the rows of an uninterrupted one."""
+    import psutil
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fer2013"
+    root.mkdir()
+    with (root / "fer2013.csv").open("w") as f:
+        f.write("emotion,pixels,Usage\n")
+        for i in range(3000):
+            pixels = " ".join(map(str, rng.integers(0, 256, 48 * 48).tolist()))
+            f.write(f"{i % 7},{pixels},{('Training', 'PublicTest', 'PrivateTest')[i % 3]}\n")
+    settings = dict(size=112, shard_samples=100)
+    reference = ingest("fer2013", root, tmp_path / "ref", workers=1, **settings)
+    out = tmp_path / "run"
+    code = (f"from fer_data.ingest import ingest; ingest('fer2013', {str(root)!r}, {str(out)!r}, workers=2, "
+            f"processes=True, chunk_frames=100, **{settings!r})")
+
+    def run(log: Path) -> subprocess.Popen:
+        with log.open("w") as f:
+            return subprocess.Popen([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT)
+
+    proc = run(tmp_path / "killed.log")
+    stats = out / "shards" / "fer2013"
+    workers: list[psutil.Process] = []
+    try:
+        poll(lambda: stats.is_dir() and any(stats.rglob("*.stats.json")), proc, "a complete shard")
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(workers) >= 2, "no worker processes ran"
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"worker processes outlived the killed ingest: {alive}"
+    done = len(list(stats.rglob("*.stats.json")))
+    assert 0 < done < 30, f"killed with {done} of 30 shards complete"
+    resumed = run(tmp_path / "resumed.log")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    for q in ("SELECT * FROM samples ORDER BY sample_id", "SELECT * FROM shards ORDER BY path",
+              "SELECT * FROM rejects ORDER BY ALL"):
+        assert catalog.query(out / "catalog.duckdb", q).equals(catalog.query(reference.catalog, q)), q
+
+
+@pytest.mark.slow
 def test_two_ingests_into_one_folder(tmp_path: Path) -> None:
     """The second waits for the first, names the lock and its holder, and writes nothing meanwhile.
 

@@ -107,6 +107,23 @@ def find_file(root: Path, *candidates: str) -> Path:
     raise LayoutError(f"expected {' or '.join(str(root / c) for c in candidates)} (label file not found)")
 
 
+class Files:
+    """The files of one folder, listed once (links followed): an adapter asking per row whether a file
+    exists paid a stat a question (RAF-DB asks three a row). A path elsewhere is asked of the disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = os.fspath(folder)
+        try:
+            with os.scandir(folder) as entries:
+                self.names = frozenset(e.name for e in entries if e.is_file())
+        except OSError:  # no such folder (a release without it), or one it may not list
+            self.names = frozenset()
+
+    def __contains__(self, path: str | Path) -> bool:
+        head, name = os.path.split(os.fspath(path))
+        return name in self.names if head == self.folder else os.path.isfile(path)
+
+
 def inside(root: Path, rel: str) -> Path:
     """`root/rel`, refusing label-file paths that escape the dataset root (absolute paths, `..`).
 

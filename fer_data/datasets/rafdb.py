@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, find_file, inside, parse_rows, read_lines, register, rows, to_int
+from fer_data.datasets.base import BadRow, Files, Item, find_file, inside, parse_rows, read_lines, register, rows, to_int
 from fer_data.labels import EMOTION_ID
 from fer_data.records import Record
 
@@ -52,6 +52,7 @@ def read(root: Path) -> Iterator[Item]:
     originals, aligned_dir = base / "Image" / "original", base / "Image" / "aligned"
     manual_dir = base / "Annotation" / "manual"
     conflicts = _conflicting_labels(label_file)
+    original_files, aligned_files, manual_files = Files(originals), Files(aligned_dir), Files(manual_dir)
 
     def parse(_: int, row: dict[str, str]) -> Record:
         name = row["name"]
@@ -64,7 +65,7 @@ def read(root: Path) -> Iterator[Item]:
             raise BadRow("conflicting_labels", f"image {stem} has labels {conflicts[stem]}")
         original = inside(originals, name)
         aligned = inside(aligned_dir, f"{stem}_aligned.jpg")
-        use_aligned = not original.exists() and aligned.exists()
+        use_aligned = original not in original_files and aligned in aligned_files
         rec = Record(
             sample_id=f"rafdb:{stem}",
             dataset="rafdb",
@@ -75,7 +76,7 @@ def read(root: Path) -> Iterator[Item]:
             extra={"raf_label": label},
         )
         manual = manual_dir / f"{stem}_manu_attri.txt"
-        if manual.is_file():
+        if manual in manual_files:
             try:
                 landmarks, attrs = _manual_attributes(manual)
             except (ValueError, IndexError) as err:

@@ -1,14 +1,18 @@
 """Face geometry shared by adapters (given landmarks) and the detectors/aligners."""
 
+import functools
+
 # The faces stage's backends (stage.py says what each does). Here, not in stage.py, so that the
 # command line can offer them without importing OpenCV and insightface.
 BACKENDS = ("auto", "centerface", "scrfd", "given", "none", "box")
 FACES = ("largest", "all")  # which faces of an image become samples (`Settings.faces`)
 
 
+@functools.lru_cache(maxsize=64)
 def parse_chain(spec: str) -> tuple[str, ...]:
     """A detector chain, `centerface,scrfd,box`: each backend runs only on the records the ones before
-    it rejected. Every name a backend, none twice; `auto` (which picks per record) only first."""
+    it rejected. Every name a backend, none twice; `auto` (which picks per record) only first.
+    Cached: it is asked twice a record."""
     chain = tuple(name.strip() for name in spec.split(","))
     for name in chain:
         if name not in BACKENDS:
