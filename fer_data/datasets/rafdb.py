@@ -7,6 +7,7 @@ either label would mislabel it silently.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,24 +64,24 @@ def read(root: Path) -> Iterator[Item]:
         stem = Path(name).stem
         if stem in conflicts:
             raise BadRow("conflicting_labels", f"image {stem} has labels {conflicts[stem]}")
-        original = inside(originals, name)
-        aligned = inside(aligned_dir, f"{stem}_aligned.jpg")
+        original = str(inside(originals, name))
+        aligned = os.path.join(aligned_files.folder, f"{stem}_aligned.jpg")  # a file name: inside its folder
         use_aligned = original not in original_files and aligned in aligned_files
         rec = Record(
             sample_id=f"rafdb:{stem}",
             dataset="rafdb",
             split=split,
-            source_path=str(aligned if use_aligned else original),
+            source_path=aligned if use_aligned else original,
             emotion=EMOTION_ID[RAF_EMOTIONS[label]],
             aligned=use_aligned,
             extra={"raf_label": label},
         )
-        manual = manual_dir / f"{stem}_manu_attri.txt"
+        manual = os.path.join(manual_files.folder, f"{stem}_manu_attri.txt")
         if manual in manual_files:
             try:
-                landmarks, attrs = _manual_attributes(manual)
+                landmarks, attrs = _manual_attributes(Path(manual))
             except (ValueError, IndexError) as err:
-                rec.extra["manual_attributes_error"] = f"{manual.name}: {err}"
+                rec.extra["manual_attributes_error"] = f"{os.path.basename(manual)}: {err}"
             else:
                 gender = attrs.pop("gender")
                 rec.gender = gender if gender in (0, 1) else None  # 2 = unsure
