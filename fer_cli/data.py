@@ -105,10 +105,11 @@ def ingest(
     shard_samples: Annotated[int, typer.Option(help="samples per shard at most")] = INGEST.shard_samples,
     shard_mb: Annotated[int, typer.Option(help="MiB per shard at most")] = INGEST.shard_bytes // 2**20,
     workers: Annotated[int | None, typer.Option(
-        help="worker threads, each with its own detector session (default: 1 with a detector, else one per core)")]
+        help="workers, each with its own detector session: processes for a job of 5000 frames or more, else "
+             "threads (default: 1 with a detector, else one per core)")]
     = INGEST.workers,
     runner: Annotated[Runner, typer.Option(
-        help="local: Prefect flow on threads; dask: Prefect flow on a Dask cluster; none: plain threads, no Prefect")]
+        help="local: Prefect flow on this machine; dask: Prefect flow on a Dask cluster; none: no Prefect")]
     = Runner.local,
     address: Annotated[str | None, typer.Option(help="Dask scheduler for --runner dask, tcp://HOST:PORT")] = None,
 ) -> None:

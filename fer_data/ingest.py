@@ -774,7 +774,7 @@ class IngestJob:
 
 
 def share_cores(workers: int | None, needs_detector: bool) -> tuple[int, int]:
-    """(worker threads, threads per worker: onnxruntime's per detector session and OpenCV's pool),
+    """(workers, threads per worker: onnxruntime's per detector session and OpenCV's pool),
     sharing out the cores.
 
     A detector wants the cores in one session (2 cores: 1 worker x 2 ORT threads 67 img/s against
@@ -824,6 +824,12 @@ class LocalRunner:
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
 
+    def __enter__(self) -> LocalRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _exit_with(parent: int) -> None:
     """A worker process's watch on the ingest that started it: once that one is gone (a kill -9 gives
@@ -837,10 +843,10 @@ def _exit_with(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-ingest", daemon=True).start()
 
 
-def drive(job: IngestJob, runner: Runner, window: int,
-          on_progress: Callable[[int, int], None] | None = None) -> IngestResult:
+def drive(job: IngestJob, runner: Runner, window: int, on_progress: Callable[[int, int], None] | None = None) -> None:
     """The one drive loop of every runner: at most `window` chunks in flight, results written to
-    shards in record order and dropped as soon as they are written, then the catalog swap."""
+    shards in record order and dropped as soon as they are written. `job.finish()` (the catalog
+    swap) comes after, once the caller has let its workers go: their memory is not needed for it."""
     def write_oldest() -> None:
         job.write(split, runner.result(pending.popleft()).take())
         if on_progress:
@@ -855,7 +861,6 @@ def drive(job: IngestJob, runner: Runner, window: int,
         while pending:
             write_oldest()
         job.close(split)
-    return job.finish()
 
 
 def start(job: IngestJob) -> int:
@@ -899,12 +904,11 @@ def spawn_safe() -> bool:
 def ingest(dataset: str, raw_root: str | Path, out: str | Path,
            on_progress: Callable[[int, int], None] | None = None, **settings: Any) -> IngestResult:
     """Raw layout -> aligned crops in WebDataset shards -> this dataset's rows in OUT/catalog.duckdb,
-    on a thread pool; `settings` are `Settings` fields (flows.ingest drives the same job from
-    Prefect tasks, Dask included)."""
+    on this machine's workers (`local_runner`: processes for a large job, so a script calls this
+    under `if __name__ == "__main__":`); `settings` are `Settings` fields (flows.ingest drives the
+    same job from Prefect tasks, Dask included)."""
     with IngestJob(dataset, raw_root, out, Settings(**settings)) as job:
         start(job)
-        runner = local_runner(job)
-        try:
-            return drive(job, runner, window=2 * job.settings.workers, on_progress=on_progress)
-        finally:
-            runner.close()
+        with local_runner(job) as runner:
+            drive(job, runner, window=2 * job.settings.workers, on_progress=on_progress)
+        return job.finish()

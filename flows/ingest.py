@@ -3,9 +3,11 @@ loop) hands chunks of about a shard's worth of frames to a task (decode, detect,
 retried on transient errors), writes shards in order and swaps the dataset into the catalog. The run's
 log shows a progress line per tenth of the records and fer_data's own warnings.
 
-Runs on Prefect's thread task runner by default, or on a Dask cluster (`runner="dask"`,
-`address="tcp://host:port"`) through prefect-dask, with the same code and the same bytes out.
-The task runner is made once the records are read, when `share_cores` knows whether a detector runs.
+Runs on Prefect's thread task runner by default, each task sending its chunk to this machine's
+workers (`fer_data.ingest.local_runner`: processes for a large job), or on a Dask cluster
+(`runner="dask"`, `address="tcp://host:port"`) through prefect-dask, where the task does the work
+itself: the same code and the same bytes out. The runners are made once the records are read, when
+`share_cores` knows whether a detector runs.
 """
 
 from __future__ import annotations
@@ -106,11 +108,11 @@ def ingest_flow(dataset: str, raw_root: str, out: str = "data", settings: dict[s
                                 100 * done // max(1, total))
 
             try:
-                result = drive(job, PrefectRunner(prefect_runner, local), window=2 * workers,
-                               on_progress=on_progress)
+                drive(job, PrefectRunner(prefect_runner, local), window=2 * workers, on_progress=on_progress)
             finally:
                 if local:
                     local.close()
+            result = job.finish()
     update_progress_artifact(progress, 100.0)
     create_markdown_artifact(summary_markdown(result, job), key=f"ingest-{dataset}".lower().replace("_", "-"),
                              description=f"ingest summary of {dataset}")

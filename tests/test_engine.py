@@ -148,7 +148,8 @@ def test_drive_keeps_a_bounded_window_of_shard_sized_chunks(tmp_path: Path) -> N
     runner = CountingRunner()
     settings = Settings(size=112, shard_samples=32, batch_size=8, chunk_frames=1024)
     with IngestJob("fer2013", root, tmp_path / "out", settings) as job:
-        result = drive(job, runner, window=3)
+        drive(job, runner, window=3)
+        result = job.finish()
     assert (result.rows_read, result.n_samples) == (300, 300)
     assert runner.most == 3 and runner.outstanding == 0
     assert max(runner.sizes) == 32  # a chunk is at most a shard's worth, whatever chunk_frames says

@@ -63,7 +63,8 @@ def artifact(key: str) -> str:
 
 
 def test_ingest_flow_writes_catalog_artifacts_and_progress(rafdb_root: Path, tmp_path: Path) -> None:
-    summary = run_ingest("rafdb", rafdb_root, tmp_path / "out", workers=2, shard_samples=2)
+    """The flow with its chunks in worker processes (a large job's way; a small one gets threads)."""
+    summary = run_ingest("rafdb", rafdb_root, tmp_path / "out", workers=2, shard_samples=2, processes=True)
     assert (summary["rows_read"], summary["n_samples"], summary["n_rejects"]) == (4, 4, 0)
     assert len(catalog.query(tmp_path / "out" / "catalog.duckdb", "SELECT * FROM shards")) == 2
     assert "4 rows read = 4 samples + 0 rejects" in artifact("ingest-rafdb")
