@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -56,10 +57,9 @@ def fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(1, int(width * scale)), max(1, int(height * scale))
 
 
-def check_size(path: Path) -> int:
+def check_size(path: Path, size: int) -> int:
     """The file's size, once checked to be neither empty nor over `MAX_FILE_BYTES`: a 2 GiB file
     named .jpg is refused on its `stat`, before a byte is read."""
-    size = path.stat().st_size
     if size == 0:
         raise BadRow("empty_file", f"{printable(path)} has 0 bytes")
     if size > MAX_FILE_BYTES:
@@ -70,8 +70,9 @@ def check_size(path: Path) -> int:
 
 def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bytes, tuple[int, int]]:
     """(RGB pixels within `max_pixels`, the file's bytes, the upright image's full (width, height))."""
-    check_size(path)
-    data = path.read_bytes()
+    with open(path, "rb") as f:  # one open and fstat: a stat, an open and a read were a tenth of an aligned image's time
+        check_size(path, os.fstat(f.fileno()).st_size)
+        data = f.read()
     rgb, size = decode_image(data, str(path), max_pixels)
     return rgb, data, size
 

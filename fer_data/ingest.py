@@ -126,11 +126,14 @@ def _load(rec: Record, segments: int, sampling: Sampling, detect: Detect | None,
         rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB) if pixels.ndim == 2 else pixels  # np.stack's copy: 5x
         return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {})
     path = Path(rec.source_path)
+    if rec.kind == "image" and rec.frame_index is None:
+        try:
+            rgb, data, (width, height) = read_image(path)
+        except FileNotFoundError:
+            raise BadRow("missing_file", f"{path} does not exist") from None
+        return Loaded(rgb[None], Source(_sha(data), len(data), width, height), {}, data)
     if not path.exists():
         raise BadRow("missing_file", f"{path} does not exist")
-    if rec.kind == "image" and rec.frame_index is None:
-        rgb, data, (width, height) = read_image(path)
-        return Loaded(rgb[None], Source(_sha(data), len(data), width, height), {}, data)
     if path.is_file() and path.stat().st_size == 0:
         raise BadRow("empty_file", f"{path} has 0 bytes")
     start, end = rec.frame_range or (rec.frame_index or 0, rec.frame_index)
