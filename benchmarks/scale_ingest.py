@@ -23,8 +23,11 @@ Beside it, on the same generated rows, a bare single-core loop (cv2 with one thr
 process) does the minimum work: CSV: csv-read the row, parse the pixel string (np.fromstring) ->
 uint8 48x48 -> grey to RGB -> resize to 224 (cubic, as ingest upscales) -> JPEG quality 95; loose:
 read bytes -> decode (cv2) -> resize to 224 -> JPEG quality 95. No hashing, no labels, no writing.
-It times `--bare-rows` rows after a short warm-up. ratio = marginal / bare: with one core the bare
-loop is the floor, and an ingest that uses more cores than one can pass 1.
+It times `--bare-rows` rows after a short warm-up, before each `fer ingest` run and after the last;
+bare = the median of those. ratio = marginal / bare: with one core the bare loop is the floor, and an
+ingest that uses more cores than one can pass 1. Measured around the runs, not once: this machine's
+speed drifts within minutes (one bare loop, 5000 rows, gave 1411, 1666 and 2112 rows/s on three
+benchmark runs of one day).
 
 Goals: peak RSS slope <= 2048 bytes per extra sample (the larger of the fer process's and its
 tree's slope), and ratio >= 0.8. With more than two sizes the goals are judged on the two largest;
@@ -51,6 +54,7 @@ import resource
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -440,6 +444,14 @@ def dir_bytes(path: Path) -> int:
 def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Path) -> dict[str, Any]:
     dataset, description, writer = LAYOUTS[layout]
     result: dict[str, Any] = {"dataset": dataset, "layout": description, "runs": []}
+    bare: list[tuple[float, int, float]] = []
+
+    def measure_bare(raw: Path, when: str) -> None:
+        """The bare loop on `raw` (its files in the page cache as fer's are), `--bare-repeats` times."""
+        got = [bare_rate(layout, raw, args.bare_rows) for _ in range(args.bare_repeats)]
+        bare.extend(got)
+        log(f"{layout}: bare loop {when}: {', '.join(f'{r:.0f}' for r, _, _ in got)} rows/s ({got[0][1]} rows, 1 core)")
+
     for k, n in enumerate(args.sizes):
         raw, out = work / f"raw_{layout}_{n}", work / f"out_{layout}_{n}"
         start = time.perf_counter()
@@ -447,13 +459,7 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
         gen_s = time.perf_counter() - start
         raw_bytes = dir_bytes(raw)
         log(f"{layout} {n:,}: generated {raw_bytes / 2**20:.0f} MiB in {gen_s:.1f} s")
-        if k == 0:  # the bare loop on the smallest set, its files in the page cache as fer's are
-            rates = [bare_rate(layout, raw, args.bare_rows) for _ in range(args.bare_repeats)]
-            result["bare_rows_per_s"] = round(max(r for r, _, _ in rates), 1)
-            result["bare_cpu_ms_per_row"] = round(1000 * min(c for _, _, c in rates), 3)
-            result["bare_rows"] = rates[0][1]
-            result["bare_rows_per_s_all"] = [round(r, 1) for r, _, _ in rates]
-            log(f"{layout}: bare loop {result['bare_rows_per_s']:.0f} rows/s ({rates[0][1]} rows, 1 core)")
+        measure_bare(raw, f"before the {n:,}-row run")
         cmd = [*fer, "ingest", dataset, str(raw), "--out", str(out), "--runner", args.runner, *args.ingest_args]
         prefect_home = work / f"prefect_{layout}_{n}"
         got = run_fer(cmd, fer_env(prefect_home), work / f"logs_{layout}_{n}", args.interval,
@@ -481,12 +487,21 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
         log(f"{layout} {n:,}: fer ingest {run['wall_s']:.1f} s ({run['cpu_s']:.1f} s CPU, load "
             f"{run['load_average']}) = {run['rows_per_s']:.0f} rows/s, peak RSS "
             f"{run['peak_rss_fer_mib']:.0f} MiB (tree {run['peak_rss_tree_mib']:.0f} MiB), {n_samples} samples")
+        if k == len(args.sizes) - 1:
+            measure_bare(raw, "after the last run")
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
             if k:
                 shutil.rmtree(raw, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(work / f"raw_{layout}_{args.sizes[0]}", ignore_errors=True)
+    # The yardstick: the median of the bare loops around the runs. This machine's speed drifts by up
+    # to a third within minutes (the bare loop's CPU time a row went from 0.47 to 0.69 ms between
+    # runs), so one measurement before a 10-minute benchmark could put the ratio anywhere.
+    result["bare_rows_per_s"] = round(statistics.median(r for r, _, _ in bare), 1)
+    result["bare_cpu_ms_per_row"] = round(1000 * statistics.median(c for _, _, c in bare), 3)
+    result["bare_rows"] = bare[0][1]
+    result["bare_rows_per_s_all"] = [round(r, 1) for r, _, _ in bare]
     runs = result["runs"]
     result["pairs"] = [pair_figures(a, b) for a, b in zip(runs, runs[1:])]
     headline = result["pairs"][-1]  # the two largest sizes
@@ -505,7 +520,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ingest-args", default="", help='more flags for `fer ingest`, e.g. "--workers 2"')
     p.add_argument("--fer", default=None, help="the command to run (default: `fer` beside this Python)")
     p.add_argument("--bare-rows", type=int, default=5000, help="rows the bare loop times")
-    p.add_argument("--bare-repeats", type=int, default=1, help="bare loop repeats (the best counts)")
+    p.add_argument("--bare-repeats", type=int, default=1,
+                   help="bare loop repeats before each run and after the last (the median of all counts)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between memory samples")
     p.add_argument("--max-rss-gib", type=float, default=None,
                    help="kill a run whose process tree exceeds this (default: 85%% of RAM)")

@@ -170,6 +170,8 @@ def _scale_ingest_tiny(layout: str, *flags: str) -> dict:
         assert run["wall_s"] > 0 and run["rows_per_s"] > 0 and run["peak_rss_fer_mib"] > 50
         assert run["peak_rss_tree_mib"] >= run["peak_rss_fer_mib"] - 1 and run["rss_samples"] > 0
     assert r["bare_rows_per_s"] > 0 and r["bare_rows"] == 200
+    bare = sorted(r["bare_rows_per_s_all"])  # before each run and after the last; the median counts
+    assert len(bare) == 3 and r["bare_rows_per_s"] == bare[1]
     assert {"marginal_rows_per_s", "fixed_s", "rss_slope_fer_b", "rss_slope_tree_b", "ratio", "goals"} <= set(r)
     if r["marginal_rows_per_s"] is not None:  # 600 extra rows can drown in start-up noise: no sign asserted
         assert r["marginal_rows_per_s"] > 0 and r["ratio"] > 0
