@@ -800,8 +800,8 @@ class Runner(Protocol):
 
 class LocalRunner:
     """`process_chunk` on this machine: the library's own runner (`fer ingest --runner none`), and
-    where the Prefect flow's tasks send their chunks. `processes`: that many spawned worker processes,
-    else threads of this one.
+    where the Prefect flow's tasks send their chunks. `workers` spawned processes if `processes`,
+    else `workers` threads of this one.
 
     Processes because the cores are otherwise not used: with threads, the Python of decoding,
     measuring and packing a record, and the writer's, share one interpreter lock, and two threads

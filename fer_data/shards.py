@@ -133,9 +133,9 @@ class ShardWriter:
     anything else decided while reading up to this point (rejects). Both land in the shard's
     stats file, which is how a resumed run learns what was already done. Metadata comes as JSON
     text (`meta_json`), made where the sample was made: the stats file is then put together from
-    the texts, the same bytes as dumping the objects here, without the writer's time on them. `done` keeps only each
-    complete shard's summary (`read_stats` gives the rest back), so a writer's memory is one
-    shard's metadata whatever the dataset's size.
+    the texts, the same bytes as dumping the objects here, without the writer's time on them.
+    `done` keeps only each complete shard's summary (`read_stats` gives the rest back), so a
+    writer's memory is one shard's metadata whatever the dataset's size.
 
     Samples stream into the shard's temp file and running sha256 as they come, so hashing and
     writing overlap the workers instead of stalling them at the cut, and a 256 MiB shard is
