@@ -59,7 +59,7 @@ def fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 
 def check_size(path: Path, size: int) -> int:
     """The file's size, once checked to be neither empty nor over `MAX_FILE_BYTES`: a 2 GiB file
-    named .jpg is refused on its `stat`, before a byte is read."""
+    named .jpg is refused on its size (the open file's `fstat`), before a byte is read."""
     if size == 0:
         raise BadRow("empty_file", f"{printable(path)} has 0 bytes")
     if size > MAX_FILE_BYTES:
@@ -70,7 +70,8 @@ def check_size(path: Path, size: int) -> int:
 
 def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bytes, tuple[int, int]]:
     """(RGB pixels within `max_pixels`, the file's bytes, the upright image's full (width, height))."""
-    with open(path, "rb") as f:  # one open and fstat: a stat, an open and a read were a tenth of an aligned image's time
+    # one open and its fstat: a stat, an open and a read were a tenth of an aligned image's time
+    with open(path, "rb") as f:
         check_size(path, os.fstat(f.fileno()).st_size)
         data = f.read()
     rgb, size = decode_image(data, str(path), max_pixels)

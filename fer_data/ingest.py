@@ -667,6 +667,11 @@ class IngestJob:
         self.store.close()
 
     @property
+    def frames_per_record(self) -> int:
+        """Frames a record is processed as: a clip's sampled frames, else one image."""
+        return self.settings.segments if self.adapter.kind == "clip" else 1
+
+    @property
     def splits(self) -> list[str]:
         return self.store.splits
 
@@ -680,9 +685,9 @@ class IngestJob:
         skip = writer.n_processed  # complete shards hold exactly the first records in shard order
         self.n_done += skip
         size = self.settings.batch_size
-        frames = self.settings.segments if self.adapter.kind == "clip" else 1
         # batches per chunk: about `chunk_frames` frames, at most a shard's worth of records
-        per_chunk = max(1, min(self.settings.chunk_frames // frames, self.settings.shard_samples) // size)
+        per_chunk = max(1, min(self.settings.chunk_frames // self.frames_per_record,
+                               self.settings.shard_samples) // size)
         batch: list[Stored] = []
         batches: list[list[Stored]] = []
         index = 0
@@ -881,8 +886,7 @@ def local_runner(job: IngestJob) -> LocalRunner:
     workers = job.settings.workers or 1
     processes = job.settings.processes
     if processes is None:
-        frames = job.n_records * (job.settings.segments if job.adapter.kind == "clip" else 1)
-        processes = workers > 1 and frames >= PROCESS_MIN_FRAMES and spawn_safe()
+        processes = workers > 1 and job.n_records * job.frames_per_record >= PROCESS_MIN_FRAMES and spawn_safe()
     return LocalRunner(workers, processes)
 
 

@@ -30,7 +30,7 @@ class Settings:
     detector_model: str | None = None
     segments: int = 16
     workers: int | None = None  # workers; None: `share_cores` decides
-    processes: bool | None = None  # workers as processes, else threads; None: `ingest.start` decides
+    processes: bool | None = None  # workers as processes, else threads; None: `ingest.local_runner` decides
     threads: int = 1  # onnxruntime threads per detector session; `share_cores` sets it
     # Frames per unit of work handed to a runner (a Prefect task, a Dask future): coarse enough that
     # orchestration is a small part of the work, small enough that the window of units in flight

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import csv
 import functools
 import os
 import shutil
@@ -40,6 +41,19 @@ def write_image(path: Path, seed: int = 0, size: int = 128) -> Path:
     crop = _astronaut()[30 + dy:230 + dy, 125 + dx:325 + dx]
     Image.fromarray(crop).resize((size, size), Image.BILINEAR).save(path)
     return path
+
+
+def fer2013_csv(root: Path, n: int, seed: int = 0) -> Path:
+    """FER2013's CSV: n rows of 48x48 grey pixels (a smooth random face-sized pattern) over the three usages."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "fer2013.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["emotion", "pixels", "Usage"])
+        for i in range(n):
+            pixels = rng.integers(0, 256, (48, 48)).astype(np.uint8)
+            out.writerow([i % 7, " ".join(map(str, pixels.reshape(-1))), ("Training", "PublicTest", "PrivateTest")[i % 3]])
+    return root
 
 
 def write_fairface(root: Path, sizes: dict[str, int]) -> Path:

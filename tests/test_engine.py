@@ -3,7 +3,6 @@ changes a byte, fingerprints that stream to the same value as before."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -14,23 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import fer2013_csv
 from fer_data import catalog, shards
 from fer_data.ingest import IngestJob, InputKeys, Processed, Settings, drive, ingest, process_chunk
 from fer_data.record_store import RecordStore, unpack
 from fer_data.records import Record, Reject
-
-
-def fer2013_csv(root: Path, n: int, seed: int = 0) -> Path:
-    """FER2013's CSV: n rows of 48x48 grey pixels (a smooth random face-sized pattern) over the three usages."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / "fer2013.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["emotion", "pixels", "Usage"])
-        for i in range(n):
-            pixels = rng.integers(0, 256, (48, 48)).astype(np.uint8)
-            out.writerow([i % 7, " ".join(map(str, pixels.reshape(-1))), ("Training", "PublicTest", "PrivateTest")[i % 3]])
-    return root
 
 
 def test_store_gives_records_back_exactly_in_sample_id_order(tmp_path: Path) -> None:

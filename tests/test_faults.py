@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import _astronaut, write_image
+from conftest import _astronaut, fer2013_csv, write_image
 from fer_data import catalog, shards
 from fer_data.ingest import IngestResult, ingest
 
@@ -457,14 +457,7 @@ def test_kill_9_with_worker_processes_then_resume(tmp_path: Path) -> None:
     outlive it, and the resumed run gives exactly the rows of an uninterrupted one."""
     import psutil
 
-    rng = np.random.default_rng(0)
-    root = tmp_path / "fer2013"
-    root.mkdir()
-    with (root / "fer2013.csv").open("w") as f:
-        f.write("emotion,pixels,Usage\n")
-        for i in range(3000):
-            pixels = " ".join(map(str, rng.integers(0, 256, 48 * 48).tolist()))
-            f.write(f"{i % 7},{pixels},{('Training', 'PublicTest', 'PrivateTest')[i % 3]}\n")
+    root = fer2013_csv(tmp_path / "fer2013", 3000)
     settings = dict(size=112, shard_samples=100)
     reference = ingest("fer2013", root, tmp_path / "ref", workers=1, **settings)
     out = tmp_path / "run"
