@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -19,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -439,6 +440,13 @@ class Worker:
         return AlignedFace(crop, face_geometry(backend, matrix, face.box, face.score, face.landmarks))
 
 
+def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Lists of `n` consecutive items, the last one shorter (itertools.batched is Python 3.12's)."""
+    it = iter(items)
+    while part := list(itertools.islice(it, n)):
+        yield part
+
+
 def every_kth_frame(items: Iterable[Record | Reject], step: int) -> Iterator[Record | Reject]:
     """`Settings.frame_step` on a video-frame image release (DISFA, BP4D: `extra.frame` numbers its
     records): frames 1, 1 + step, ... only; the rest are not read. Rejects and other records pass."""
@@ -634,28 +642,35 @@ class IngestJob:
     `OutputLock` on `out` from the end of reading the records until `finish` (or leaving a `with`).
     """
 
-    def __init__(self, dataset: str, raw_root: str | Path, out: str | Path, settings: Settings = Settings()) -> None:
+    def __init__(self, dataset: str, raw_root: str | Path, out: str | Path, settings: Settings = Settings(),
+                 early: bool = False) -> None:
         self.adapter = get_adapter(dataset)
         self.raw_root = Path(raw_root)
         self.out = Path(out)
         self.settings = settings
         self.needs_detector = False
-
-        def seen(rec: Record) -> None:
-            self.needs_detector = self.needs_detector or uses_detector(rec, settings.detector)
-
         keys = InputKeys(raw_root)
         self.root = keys.root
-        self.store = RecordStore(every_kth_frame(self.adapter.records(raw_root), settings.frame_step), keys, seen)
+        self.store = RecordStore()
+        self.early = EarlyStart(self) if early else None
+
+        def seen(rec: Record, stored: Stored) -> None:
+            self.needs_detector = self.needs_detector or uses_detector(rec, settings.detector)
+            if self.early:
+                self.early.offer(rec, stored)
+
+        try:
+            self.store.fill(every_kth_frame(self.adapter.records(raw_root), settings.frame_step), keys, seen)
+            if self.early:
+                self.early.drain()
+            self.lock = OutputLock(self.out, f"ingest of {self.adapter.name}")
+        except BaseException:
+            self._let_go()
+            raise
         self.shard_dir = self.out / "shards" / self.adapter.name
         self.writers: dict[str, shards.ShardWriter] = {}
         self.n_records = self.store.n_records
         self.n_done = 0
-        try:
-            self.lock = OutputLock(self.out, f"ingest of {self.adapter.name}")
-        except BaseException:
-            self.store.close()
-            raise
 
     def __enter__(self) -> IngestJob:
         return self
@@ -664,6 +679,11 @@ class IngestJob:
         for writer in self.writers.values():
             writer.abandon()  # after an error: the unfinished shard's temp file, which a resumed run deletes
         self.lock.release()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        if self.early:
+            self.early.close()
         self.store.close()
 
     @property
@@ -675,34 +695,33 @@ class IngestJob:
     def splits(self) -> list[str]:
         return self.store.splits
 
-    def chunks(self, split: str) -> Iterator[Chunk]:
+    @property
+    def chunk_batches(self) -> int:
+        """Batches in a chunk: about `chunk_frames` frames, at most a shard's worth of records."""
+        return max(1, min(self.settings.chunk_frames // self.frames_per_record,
+                          self.settings.shard_samples) // self.settings.batch_size)
+
+    def chunks(self, split: str) -> Iterator[Chunk | Processed]:
         """The records of `split` not yet in complete shards, read lazily in shard order, as batches
-        of `batch_size` grouped into chunks of about `chunk_frames` frames and at most a shard."""
+        of `batch_size` grouped into chunks of `chunk_batches`; a run of records processed already
+        (`EarlyStart`) comes as their results."""
         fingerprint = shards.fingerprint_streamed(self.settings.params(), self.store.keys(split))
         writer = self.writers[split] = shards.ShardWriter(self.shard_dir / shards.version_dir(split, fingerprint),
                                                           split, fingerprint,
                                                           self.settings.shard_samples, self.settings.shard_bytes)
         skip = writer.n_processed  # complete shards hold exactly the first records in shard order
         self.n_done += skip
-        size = self.settings.batch_size
-        # batches per chunk: about `chunk_frames` frames, at most a shard's worth of records
-        per_chunk = max(1, min(self.settings.chunk_frames // self.frames_per_record,
-                               self.settings.shard_samples) // size)
-        batch: list[Stored] = []
-        batches: list[list[Stored]] = []
+        size, per_chunk = self.settings.batch_size, self.chunk_batches
         index = 0
-        for stored in self.store.records(split, skip):
-            batch.append(stored)
-            if len(batch) == size:
-                batches.append(batch)
-                batch = []
-                if len(batches) == per_chunk:
+        for early, run in itertools.groupby(self.store.records(split, skip), key=lambda item: item[1] is not None):
+            if early:  # processed while the records were read (`EarlyStart`): their results, a chunk's worth each
+                for part in _batched((done for _, done in run), size * per_chunk):
+                    yield Processed([Written(sample_id, None if blob is None else shards.Sample(blob, n_bytes), meta)
+                                     for sample_id, blob, n_bytes, meta in part])
+            else:
+                for batches in _batched(_batched((stored for stored, _ in run), size), per_chunk):
                     yield Chunk(split, index, batches, self.root)
-                    batches, index = [], index + 1
-        if batch:
-            batches.append(batch)
-        if batches:
-            yield Chunk(split, index, batches, self.root)
+                    index += 1
 
     def write(self, split: str, results: list[Written]) -> None:
         """A chunk's results into `split`'s shards, in order: one `add` per row giving samples."""
@@ -853,17 +872,18 @@ def _exit_with(parent: int) -> None:
 
 def drive(job: IngestJob, runner: Runner, window: int, on_progress: Callable[[int, int], None] | None = None) -> None:
     """The one drive loop of every runner: at most `window` chunks in flight, results written to
-    shards in record order and dropped as soon as they are written. `job.finish()` (the catalog
+    shards in record order and dropped as soon as they are written (a chunk processed early is its results). `job.finish()` (the catalog
     swap) comes after, once the caller has let its workers go: their memory is not needed for it."""
     def write_oldest() -> None:
-        job.write(split, runner.result(pending.popleft()).take())
+        oldest = pending.popleft()
+        job.write(split, (oldest if isinstance(oldest, Processed) else runner.result(oldest)).take())
         if on_progress:
             on_progress(job.n_done, job.n_records)
 
     for split in job.splits:
         pending: deque = deque()
         for chunk in job.chunks(split):
-            pending.append(runner.submit(job.settings, chunk))
+            pending.append(chunk if isinstance(chunk, Processed) else runner.submit(job.settings, chunk))
             if len(pending) >= window:
                 write_oldest()
         while pending:
@@ -882,14 +902,100 @@ def start(job: IngestJob) -> int:
 def local_runner(job: IngestJob) -> LocalRunner:
     """The started job's workers on this machine: processes when more than one works on at least
     `PROCESS_MIN_FRAMES` frames and the main script allows it (`spawn_safe`), unless
-    `Settings.processes` says otherwise."""
+    `Settings.processes` says otherwise. The processes `EarlyStart` started, if they fit."""
     workers = job.settings.workers or 1
     processes = job.settings.processes
     if processes is None:
         processes = workers > 1 and job.n_records * job.frames_per_record >= PROCESS_MIN_FRAMES and spawn_safe()
-    return LocalRunner(workers, processes)
+    early = job.early and job.early.hand_over(workers, processes)
+    return early or LocalRunner(workers, processes)
 
 
+class EarlyStart:
+    """Records processed while the release is still being read into the store, on the worker
+    processes `local_runner` would start, so the cores do not wait for the whole read (a tenth of
+    a row's time for FER2013's CSV, a fifth for a folder of JPEGs, where hashing each file is part of
+    reading). Chunks go in read order, only while the window has room (the read never waits), and
+    their results go into the store, which hands them back in shard order (`IngestJob.chunks`);
+    the other records are processed as before. Same bytes: a record's result does not depend on
+    which chunk it rode in, for the records it takes: images that need no detector (a detector
+    batches its images, and a detector changes how the cores are shared). It starts where
+    `local_runner` would choose processes: once `PROCESS_MIN_FRAMES` records are read, or at
+    once with `Settings.processes`; never with threads, which would share the reading's interpreter.
+    """
+
+    def __init__(self, job: IngestJob) -> None:
+        self.job = job
+        workers, threads = share_cores(job.settings.workers, False)
+        self.settings = replace(job.settings, workers=workers, threads=threads)
+        self.on = workers > 1 and job.settings.processes is not False and job.adapter.kind == "image"
+        self.size = job.chunk_batches * job.settings.batch_size
+        self.window = 1
+        self.batch: list[Stored] = []
+        self.pending: deque[Future] = deque()
+        self.runner: LocalRunner | None = None
+        self.n_read = self.n_early = 0
+
+    def offer(self, rec: Record, stored: Stored) -> None:
+        """One record as it is stored: into the next chunk, which goes to a worker if there is room."""
+        if not self.on:
+            return
+        if self.job.needs_detector or rec.kind != "image":
+            self.on = False
+            return
+        self.n_read += 1
+        self.batch.append(stored)
+        if len(self.batch) < self.size:
+            return
+        batch, self.batch = self.batch, []
+        self._collect(wait=False)
+        if self.runner is None:
+            if self.settings.processes is None and self.n_read < PROCESS_MIN_FRAMES:
+                return
+            if self.settings.processes is None and not spawn_safe():
+                self.on = False
+                return
+            self.runner = LocalRunner(self.settings.workers, True)
+        if len(self.pending) < self.window:
+            self.pending.append(self.runner.submit(self.settings, Chunk(
+                "early", self.n_early, list(_batched(batch, self.settings.batch_size)), self.job.root)))
+            self.n_early += 1
+
+    def _collect(self, wait: bool) -> None:
+        """Results of the chunks done (all of them if `wait`) into the store. A chunk that failed is left
+        to the ordinary path, where its error meets the runner's retries; a broken pool ends early work."""
+        while self.pending and (wait or self.pending[0].done()):
+            try:
+                results = self.runner.result(self.pending.popleft()).take()
+            except BrokenExecutor:
+                self.on = False
+                self.pending.clear()
+                self.close()
+                return
+            except Exception:
+                continue
+            self.job.store.put_done((w.sample_id, None if w.sample is None else w.sample.blob,
+                                     None if w.sample is None else w.sample.size, w.meta) for w in results)
+
+    def drain(self) -> None:
+        """The read has ended: the chunks in flight into the store."""
+        self._collect(wait=True)
+
+    def hand_over(self, workers: int, processes: bool) -> LocalRunner | None:
+        """The running worker processes, if the job wants the same (it then closes them)."""
+        runner, self.runner = self.runner, None
+        if runner is not None and (workers, processes) != (self.settings.workers, True):
+            runner.close()
+            return None
+        return runner
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+@functools.cache  # one answer, one warning, per process (`EarlyStart` asks, then `local_runner`)
 def spawn_safe() -> bool:
     """Whether worker processes can be spawned here. Each one runs the main script again (as
     `__mp_main__`, Python's rule for spawned processes), so a script calling `ingest` must keep the
@@ -914,7 +1020,7 @@ def ingest(dataset: str, raw_root: str | Path, out: str | Path,
     on this machine's workers (`local_runner`: processes for a large job, so a script calls this
     under `if __name__ == "__main__":`); `settings` are `Settings` fields (flows.ingest drives the
     same job from Prefect tasks, Dask included)."""
-    with IngestJob(dataset, raw_root, out, Settings(**settings)) as job:
+    with IngestJob(dataset, raw_root, out, Settings(**settings), early=True) as job:
         start(job)
         with local_runner(job) as runner:
             drive(job, runner, window=2 * job.settings.workers, on_progress=on_progress)

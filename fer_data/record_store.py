@@ -48,6 +48,7 @@ def _pack(rec: Record) -> tuple[str, bytes | None]:
 
 
 Stored = tuple[str, bytes | None]  # a record as the store keeps it: JSON text, raw pixel bytes
+Done = tuple[str, bytes | None, int | None, str]  # a processed record: sample_id, tar members, size, stats text
 
 
 def unpack(stored: Stored) -> Record:
@@ -70,14 +71,13 @@ def unpack(stored: Stored) -> Record:
 
 
 class RecordStore:
-    """Every row of an adapter, read once: records by split in sample-id order, rejects in read order.
+    """Every row of an adapter, read once (`fill`): records by split in sample-id order, rejects in read order.
 
     `key(rec)` is a text identity stored beside each record (the input fingerprint's item), so
     a split's fingerprint is one pass over short strings, not over the records again.
     """
 
-    def __init__(self, items: Iterable[Record | Reject], key: Callable[[Record], str],
-                 seen: Callable[[Record], None] = lambda rec: None) -> None:
+    def __init__(self) -> None:
         fd, self.path = tempfile.mkstemp(prefix="fer-ingest-", suffix=".sqlite")
         os.close(fd)
         try:
@@ -87,30 +87,31 @@ class RecordStore:
                 CREATE TABLE records (sample_id TEXT NOT NULL UNIQUE, split TEXT NOT NULL, rec TEXT NOT NULL,
                                       pixels BLOB, key TEXT NOT NULL);
                 CREATE TABLE rejects (reject TEXT NOT NULL);
+                CREATE TABLE done (sample_id TEXT PRIMARY KEY, sample BLOB, size INTEGER, meta TEXT NOT NULL);
             """)
-            self.n_rows = self.n_records = self.n_rejects = 0
-            self._fill(items, key, seen)
-            self._db.execute("CREATE INDEX by_split ON records (split, sample_id)")
         except BaseException:
             self.close()
             raise
+        self.n_rows = self.n_records = self.n_rejects = 0
 
-    def _fill(self, items: Iterable[Record | Reject], key: Callable[[Record], str],
-              seen: Callable[[Record], None]) -> None:
+    def fill(self, items: Iterable[Record | Reject], key: Callable[[Record], str],
+             seen: Callable[[Record, Stored], None] = lambda rec, stored: None) -> None:
+        """Every row of `items`, once; `seen` gets each record kept, in read order, as it is stored
+        (it may `put_done` results meanwhile)."""
         db = self._db
         db.execute("BEGIN")
         for item in items:
             self.n_rows += 1
             if isinstance(item, Record):
-                text, pixels = _pack(item)
+                stored = _pack(item)
                 try:
                     db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
-                               (item.sample_id, item.split, text, pixels, key(item)))
+                               (item.sample_id, item.split, *stored, key(item)))
                 except sqlite3.IntegrityError:
                     item = Reject(item.dataset, item.source_path, "adapter", "duplicate_sample_id", item.sample_id)
                 else:
                     self.n_records += 1
-                    seen(item)
+                    seen(item, stored)
             if isinstance(item, Reject):
                 db.execute("INSERT INTO rejects VALUES (?)", (json.dumps(asdict(item)),))
                 self.n_rejects += 1
@@ -118,6 +119,12 @@ class RecordStore:
                 db.execute("COMMIT")
                 db.execute("BEGIN")
         db.execute("COMMIT")
+        db.execute("CREATE INDEX by_split ON records (split, sample_id)")
+
+    def put_done(self, rows: Iterable[Done]) -> None:
+        """Records already processed (`fer_data.ingest.EarlyStart`), handed back by `walk` so that
+        they are not processed again."""
+        self._db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)", rows)
 
     @property
     def splits(self) -> list[str]:
@@ -128,11 +135,14 @@ class RecordStore:
         for (key,) in self._db.execute("SELECT key FROM records WHERE split = ? ORDER BY sample_id", (split,)):
             yield key
 
-    def records(self, split: str, skip: int = 0) -> Iterator[Stored]:
-        """`split`'s records in sample-id order, after the first `skip` (a resumed run's done part),
-        stored form (`unpack` makes each a Record)."""
-        yield from self._db.execute("SELECT rec, pixels FROM records WHERE split = ? ORDER BY sample_id "
-                                    "LIMIT -1 OFFSET ?", (split, skip))
+    def records(self, split: str, skip: int = 0) -> Iterator[tuple[Stored, Done | None]]:
+        """`split`'s records in sample-id order, after the first `skip` (a resumed run's done part), in
+        stored form (`unpack` makes each a Record), each with its result if `put_done` gave one."""
+        for text, pixels, sample_id, sample, size, meta in self._db.execute(
+                "SELECT r.rec, r.pixels, d.sample_id, d.sample, d.size, d.meta FROM records r "
+                "LEFT JOIN done d USING (sample_id) WHERE r.split = ? ORDER BY r.sample_id LIMIT -1 OFFSET ?",
+                (split, skip)):
+            yield (text, pixels), None if sample_id is None else (sample_id, sample, size, meta)
 
     def rejects(self) -> Iterator[Reject]:
         for (text,) in self._db.execute("SELECT reject FROM rejects ORDER BY rowid"):

@@ -84,7 +84,8 @@ def _current_parameters() -> dict[str, Any]:
 def ingest_flow(dataset: str, raw_root: str, out: str = "data", settings: dict[str, Any] | None = None,
                 runner: str = "local", address: str | None = None) -> dict[str, Any]:
     """Ingest one dataset: `settings` are `fer_data.ingest.Settings` fields, `runner` local threads or dask."""
-    with IngestJob(dataset, raw_root, out, Settings(**(settings or {}))) as job:  # the lock goes with the job
+    # the lock goes with the job; on this machine, workers start while the records are read (`EarlyStart`)
+    with IngestJob(dataset, raw_root, out, Settings(**(settings or {})), early=runner != "dask") as job:
         workers = start(job)
         local = None if runner == "dask" else local_runner(job)
         key = f"ingest-{dataset}-progress".lower().replace("_", "-")

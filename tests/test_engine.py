@@ -15,7 +15,8 @@ import pytest
 
 from conftest import fer2013_csv
 from fer_data import catalog, shards
-from fer_data.ingest import IngestJob, InputKeys, Processed, Settings, drive, ingest, process_chunk
+from fer_data.ingest import (IngestJob, InputKeys, LocalRunner, Processed, Settings, drive, ingest, local_runner,
+                             process_chunk, start)
 from fer_data.record_store import RecordStore, unpack
 from fer_data.records import Record, Reject
 
@@ -32,18 +33,19 @@ def test_store_gives_records_back_exactly_in_sample_id_order(tmp_path: Path) -> 
         Record("d:a", "d", "val", "/x/a2.jpg"),  # a repeated id: the first row wins
         Record("d:e", "d", "test", "/x/e.csv#row=4", pixels="0 1 2 255 ü"),  # pixels as the label file's text
     ]
-    store = RecordStore(items, InputKeys("/x"))
+    store = RecordStore()
     try:
+        store.fill(items, InputKeys("/x"))
         assert (store.n_rows, store.n_records, store.n_rejects) == (6, 4, 2)
         assert store.splits == ["test", "train"]
-        train = [unpack(stored) for stored in store.records("train")]
+        train = [unpack(stored) for stored, _ in store.records("train")]
         assert [r.sample_id for r in train] == ["d:a", "d:b"]
         assert np.array_equal(train[0].pixels, pixels) and train[0].pixels.dtype == np.uint8
         assert train[0].valence == 0.5 and train[0].emotion == 3 and train[0].aligned
         assert train[1] == items[0]  # tuples, AU dict with int keys, extra: all as given
-        test = [unpack(stored) for stored in store.records("test")]
+        test = [unpack(stored) for stored, _ in store.records("test")]
         assert test[0].frame_range == (3, 9) and test[1] == items[-1]
-        assert [unpack(stored).sample_id for stored in store.records("train", skip=1)] == ["d:b"]
+        assert [unpack(stored).sample_id for stored, _ in store.records("train", skip=1)] == ["d:b"]
         assert [(r.reason, r.detail) for r in store.rejects()] == [("unparsable_row", "line 3"),
                                                                    ("duplicate_sample_id", "d:a")]
     finally:
@@ -58,7 +60,7 @@ def test_streamed_fingerprint_is_the_listed_one(tmp_path: Path) -> None:
     with IngestJob("fer2013", root, tmp_path / "out", Settings(size=112)) as job:
         for split in job.splits:
             keys = InputKeys(root)
-            listed = [json.loads(keys(unpack(stored))) for stored in job.store.records(split)]
+            listed = [json.loads(keys(unpack(stored))) for stored, _ in job.store.records(split)]
             streamed = shards.fingerprint_streamed(job.settings.params(), job.store.keys(split))
             assert streamed == shards.fingerprint(job.settings.params(), listed)
 
@@ -92,6 +94,55 @@ def test_worker_processes_write_the_thread_paths_bytes(tmp_path: Path) -> None:
         assert catalog.query(a.catalog, q).equals(catalog.query(b.catalog, q)), q
     assert catalog.query(b.catalog, "SELECT stage, reason, detail FROM rejects").values.tolist() == [
         ["decode", "corrupt_image", "pixels holds a value that is not an integer"]]
+
+
+class Submitted:
+    """A runner that counts the records it is sent."""
+
+    def __init__(self, runner: LocalRunner) -> None:
+        self.runner, self.n = runner, 0
+
+    def submit(self, settings: Settings, chunk) -> Future:
+        self.n += len(chunk)
+        return self.runner.submit(settings, chunk)
+
+    def result(self, handle: Future) -> Processed:
+        return self.runner.result(handle)
+
+
+def test_records_processed_while_reading_give_the_same_bytes(tmp_path: Path) -> None:
+    """`EarlyStart`: chunks sent to the worker processes while the CSV is still being read (here the
+    first four of 32 rows, the window of two workers, before any worker has started) come back in
+    shard order beside the rest; tars, stats and catalog are the thread path's, and the job keeps the
+    same processes for the rest."""
+    root = fer2013_csv(tmp_path / "raw", 300)
+    a = ingest("fer2013", root, tmp_path / "a", size=112, shard_samples=40, workers=1)
+    settings = Settings(size=112, shard_samples=40, workers=2, processes=True, chunk_frames=32)
+    with IngestJob("fer2013", root, tmp_path / "b", settings, early=True) as job:
+        assert job.early is not None and job.early.n_early == 4
+        early_pool = job.early.runner
+        start(job)
+        with local_runner(job) as runner:
+            assert runner is early_pool
+            counted = Submitted(runner)
+            drive(job, counted, window=4)
+        b = job.finish()
+    assert counted.n == 300 - 4 * 32  # the rest went the ordinary way
+    assert (a.rows_read, a.n_samples) == (b.rows_read, b.n_samples) == (300, 300)
+    files = {run: sorted(p for p in (tmp_path / run / "shards").rglob("*") if p.is_file()) for run in "ab"}
+    assert [p.relative_to(tmp_path / "a") for p in files["a"]] == [p.relative_to(tmp_path / "b") for p in files["b"]]
+    assert [p.read_bytes() for p in files["a"]] == [p.read_bytes() for p in files["b"]]
+    for q in ("SELECT * FROM samples ORDER BY sample_id", "SELECT * FROM shards ORDER BY path"):
+        assert catalog.query(a.catalog, q).equals(catalog.query(b.catalog, q)), q
+
+
+def test_no_early_start_with_threads_or_a_detector(tmp_path: Path) -> None:
+    root = fer2013_csv(tmp_path / "raw", 100)
+    for settings in (Settings(size=112, workers=2, processes=False, chunk_frames=16),
+                     Settings(size=112, workers=1, processes=True, chunk_frames=16),
+                     Settings(size=112, workers=2, processes=True, chunk_frames=16, detector="centerface")):
+        with IngestJob("fer2013", root, tmp_path / "out", settings, early=True) as job:
+            assert job.early.n_early == 0 and job.early.runner is None, settings
 
 
 @pytest.mark.parametrize("guarded", [True, False])
