@@ -111,15 +111,15 @@ class Submitted:
 
 
 def test_records_processed_while_reading_give_the_same_bytes(tmp_path: Path) -> None:
-    """`EarlyStart`: chunks sent to the worker processes while the CSV is still being read (here the
-    first four of 32 rows, the window of two workers, before any worker has started) come back in
-    shard order beside the rest; tars, stats and catalog are the thread path's, and the job keeps the
-    same processes for the rest."""
+    """`EarlyStart`: a chunk sent to a worker process while the CSV is still being read (here the first
+    32 rows: one chunk at a time, and the read ends before the worker has started) comes back in shard
+    order beside the rest; tars, stats and catalog are the thread path's, and the job keeps the same
+    worker pool for the rest."""
     root = fer2013_csv(tmp_path / "raw", 300)
     a = ingest("fer2013", root, tmp_path / "a", size=112, shard_samples=40, workers=1)
     settings = Settings(size=112, shard_samples=40, workers=2, processes=True, chunk_frames=32)
     with IngestJob("fer2013", root, tmp_path / "b", settings, early=True) as job:
-        assert job.early is not None and job.early.n_early == 4
+        assert job.early is not None and job.early.n_early == 1
         early_pool = job.early.runner
         start(job)
         with local_runner(job) as runner:
@@ -127,7 +127,7 @@ def test_records_processed_while_reading_give_the_same_bytes(tmp_path: Path) -> 
             counted = Submitted(runner)
             drive(job, counted, window=4)
         b = job.finish()
-    assert counted.n == 300 - 4 * 32  # the rest went the ordinary way
+    assert counted.n == 300 - 32  # the rest went the ordinary way
     assert (a.rows_read, a.n_samples) == (b.rows_read, b.n_samples) == (300, 300)
     files = {run: sorted(p for p in (tmp_path / run / "shards").rglob("*") if p.is_file()) for run in "ab"}
     assert [p.relative_to(tmp_path / "a") for p in files["a"]] == [p.relative_to(tmp_path / "b") for p in files["b"]]
