@@ -935,7 +935,7 @@ class EarlyStart:
         self.batch: list[Stored] = []
         self.pending: deque[Future] = deque()
         self.runner: LocalRunner | None = None
-        self.n_read = self.n_early = 0
+        self.n_read = self.n_early = self.n_records = 0  # records read; chunks and records processed early
 
     def offer(self, rec: Record, stored: Stored) -> None:
         """One record as it is stored: into the next chunk, which goes to the worker if it is free."""
@@ -977,6 +977,7 @@ class EarlyStart:
                 continue
             self.job.store.put_done((w.sample_id, None if w.sample is None else w.sample.blob,
                                      None if w.sample is None else w.sample.size, w.meta) for w in results)
+            self.n_records += len(results)
 
     def drain(self) -> None:
         """The read has ended: the chunks in flight into the store."""

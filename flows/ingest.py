@@ -7,7 +7,9 @@ Runs on Prefect's thread task runner by default, each task sending its chunk to 
 workers (`fer_data.ingest.local_runner`: processes for a large job), or on a Dask cluster
 (`runner="dask"`, `address="tcp://host:port"`) through prefect-dask, where the task does the work
 itself: the same code and the same bytes out. The runners are made once the records are read, when
-`share_cores` knows whether a detector runs.
+`share_cores` knows whether a detector runs. On this machine a large job's first worker process
+starts while the records are still read (`fer_data.ingest.EarlyStart`): those chunks are no task
+runs; the run's log says how many records they held.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def ingest_flow(dataset: str, raw_root: str, out: str = "data", settings: dict[s
         progress = create_progress_artifact(progress=0.0, key=key,
                                             description=f"ingest {dataset}: records aligned and sharded")
         logger = get_run_logger()
+        if job.early and job.early.n_records:
+            logger.info("%s: %d records processed while the release was read", dataset, job.early.n_records)
         logged = -1  # the last tenth of the records logged
 
         with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

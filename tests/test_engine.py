@@ -119,7 +119,7 @@ def test_records_processed_while_reading_give_the_same_bytes(tmp_path: Path) -> 
     a = ingest("fer2013", root, tmp_path / "a", size=112, shard_samples=40, workers=1)
     settings = Settings(size=112, shard_samples=40, workers=2, processes=True, chunk_frames=32)
     with IngestJob("fer2013", root, tmp_path / "b", settings, early=True) as job:
-        assert job.early is not None and job.early.n_early == 1
+        assert job.early is not None and (job.early.n_early, job.early.n_records) == (1, 32)
         early_pool = job.early.runner
         start(job)
         with local_runner(job) as runner:
