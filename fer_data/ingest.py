@@ -872,8 +872,9 @@ def _exit_with(parent: int) -> None:
 
 def drive(job: IngestJob, runner: Runner, window: int, on_progress: Callable[[int, int], None] | None = None) -> None:
     """The one drive loop of every runner: at most `window` chunks in flight, results written to
-    shards in record order and dropped as soon as they are written (a chunk processed early is its results). `job.finish()` (the catalog
-    swap) comes after, once the caller has let its workers go: their memory is not needed for it."""
+    shards in record order and dropped as soon as they are written (a run processed early comes as
+    its results). `job.finish()` (the catalog swap) comes after, once the caller has let its workers
+    go: their memory is not needed for it."""
     def write_oldest() -> None:
         oldest = pending.popleft()
         job.write(split, (oldest if isinstance(oldest, Processed) else runner.result(oldest)).take())
@@ -904,11 +905,17 @@ def local_runner(job: IngestJob) -> LocalRunner:
     `PROCESS_MIN_FRAMES` frames and the main script allows it (`spawn_safe`), unless
     `Settings.processes` says otherwise. The processes `EarlyStart` started, if they fit."""
     workers = job.settings.workers or 1
-    processes = job.settings.processes
-    if processes is None:
-        processes = workers > 1 and job.n_records * job.frames_per_record >= PROCESS_MIN_FRAMES and spawn_safe()
+    processes = wants_processes(job.settings, job.n_records * job.frames_per_record)
     early = job.early and job.early.hand_over(workers, processes)
     return early or LocalRunner(workers, processes)
+
+
+def wants_processes(settings: Settings, frames: int) -> bool:
+    """Processes for `frames` frames: `Settings.processes` if set, else when more than one worker
+    works on at least `PROCESS_MIN_FRAMES` frames and the main script allows it (`spawn_safe`)."""
+    if settings.processes is not None:
+        return settings.processes
+    return (settings.workers or 1) > 1 and frames >= PROCESS_MIN_FRAMES and spawn_safe()
 
 
 class EarlyStart:
@@ -952,8 +959,8 @@ class EarlyStart:
         self._collect(wait=False)
         if self.runner is None:
             if self.settings.processes is None and self.n_read < PROCESS_MIN_FRAMES:
-                return
-            if self.settings.processes is None and not spawn_safe():
+                return  # not yet: a job this small stays on threads
+            if not wants_processes(self.settings, self.n_read):
                 self.on = False
                 return
             self.runner = LocalRunner(self.settings.workers, True)

@@ -122,7 +122,7 @@ class RecordStore:
         db.execute("CREATE INDEX by_split ON records (split, sample_id)")
 
     def put_done(self, rows: Iterable[Done]) -> None:
-        """Records already processed (`fer_data.ingest.EarlyStart`), handed back by `walk` so that
+        """Records already processed (`fer_data.ingest.EarlyStart`), handed back by `records` so that
         they are not processed again."""
         self._db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)", rows)
 
