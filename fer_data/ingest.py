@@ -845,9 +845,6 @@ class LocalRunner:
     def result(self, handle: Future) -> Processed:
         return handle.result()
 
-    def run(self, settings: Settings, chunk: Chunk) -> Processed:
-        return self.result(self.submit(settings, chunk))
-
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
 
