@@ -22,7 +22,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -387,37 +387,78 @@ def rewrite(path: str | Path, drop: Collection[str] | None = ()) -> Iterator[duc
             _publish(con, folder)
 
 
+class DatasetWriter:
+    """One dataset's rows replaced in all tables, pushed while they are made: `add` one part
+    ({table: rows}, a shard's worth) at a time, then `commit`. Until then nothing is visible; leaving
+    the block without `commit` (an error, an interrupted ingest) leaves the catalog as it was. The
+    catalog is locked from entering the block to leaving it.
+
+    Why pushed: an ingest adds each shard's rows as the shard completes, while its workers process
+    the next ones, instead of inserting every row on one core after the last shard."""
+
+    def __init__(self, path: str | Path, dataset: str, parquet_dir: str | Path | None = None) -> None:
+        self.path = Path(path)
+        if parquet_dir is not None and Path(parquet_dir).resolve() != parquet_folder(self.path).resolve():
+            raise ValueError(f"the Parquet of {self.path} is {parquet_folder(self.path)}, not {parquet_dir}")
+        self.dataset = dataset
+        self.counts = dict.fromkeys(COLUMNS, 0)
+        self._pending: dict[str, list[dict[str, Any]]] = {table: [] for table in COLUMNS}
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> DatasetWriter:
+        with ExitStack() as stack:
+            self.con = stack.enter_context(rewrite(self.path, drop=[self.dataset]))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._stack is not None:  # not committed: the new index is removed, the catalog untouched
+            stack, self._stack = self._stack, None
+            err = exc[1] if exc and exc[1] is not None else RuntimeError(f"{self.dataset}: left without commit")
+            try:
+                stack.__exit__(type(err), err, err.__traceback__)
+            except BaseException as raised:
+                if raised is not err:
+                    raise
+
+    def add(self, part: dict[str, list[dict[str, Any]]]) -> None:
+        for table, items in part.items():
+            self._pending[table].extend(items)
+            if len(self._pending[table]) >= _INSERT_ROWS:
+                self._insert(table)
+
+    def _insert(self, table: str) -> None:
+        df = _frame(self._pending[table], COLUMNS[table])
+        self.con.register("incoming", df)
+        self.con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM incoming")
+        self.con.unregister("incoming")
+        self.counts[table] += len(df)
+        self._pending[table] = []
+
+    def commit(self, raw_root: str, rows_read: int, params: dict[str, Any]) -> None:
+        """The rest of the rows and the `ingests` row in, then the new catalog swapped in whole."""
+        if self._stack is None:
+            raise RuntimeError(f"{self.dataset}: commit outside the block, or twice")
+        for table, items in self._pending.items():
+            if items:
+                self._insert(table)
+        self.con.execute(
+            "INSERT INTO ingests (dataset, raw_root, rows_read, n_samples, n_rejects, params) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [self.dataset, raw_root, rows_read, self.counts["samples"], self.counts["rejects"],
+             json.dumps(params, sort_keys=True)],
+        )
+        stack, self._stack = self._stack, None
+        stack.close()  # publishes
+
+
 def replace_dataset(path: str | Path, rows: DatasetRows, parquet_dir: str | Path | None = None) -> None:
     """Swap one dataset's rows in all tables: all of the new run or, if anything fails, the old one.
     The Parquet folder is always the one beside `path`; `parquet_dir`, if given, must name it."""
-    path = Path(path)
-    if parquet_dir is not None and Path(parquet_dir).resolve() != parquet_folder(path).resolve():
-        raise ValueError(f"the Parquet of {path} is {parquet_folder(path)}, not {parquet_dir}")
-    counts = dict.fromkeys(COLUMNS, 0)
-    pending: dict[str, list[dict[str, Any]]] = {table: [] for table in COLUMNS}
-    with rewrite(path, drop=[rows.dataset]) as con:
-        def insert(table: str) -> None:
-            df = _frame(pending[table], COLUMNS[table])
-            con.register("incoming", df)
-            con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM incoming")
-            con.unregister("incoming")
-            counts[table] += len(df)
-            pending[table] = []
-
+    with DatasetWriter(path, rows.dataset, parquet_dir) as writer:
         for part in rows.parts:
-            for table, items in part.items():
-                pending[table].extend(items)
-                if len(pending[table]) >= _INSERT_ROWS:
-                    insert(table)
-        for table, items in pending.items():
-            if items:
-                insert(table)
-        con.execute(
-            "INSERT INTO ingests (dataset, raw_root, rows_read, n_samples, n_rejects, params) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [rows.dataset, rows.raw_root, rows.rows_read, counts["samples"], counts["rejects"],
-             json.dumps(rows.params, sort_keys=True)],
-        )
+            writer.add(part)
+        writer.commit(rows.raw_root, rows.rows_read, rows.params)
 
 
 def merge(parts: Iterable[str | Path], dest: str | Path, fresh: bool = False) -> list[str]:

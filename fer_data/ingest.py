@@ -640,6 +640,9 @@ class IngestJob:
     memory stays flat at any dataset size. Resumable: shards completed by an earlier, interrupted
     run with the same fingerprint are kept, and their records are not handed out again. Holds
     `OutputLock` on `out` from the end of reading the records until `finish` (or leaving a `with`).
+    Each shard's catalog rows go into the catalog's next version (`catalog.DatasetWriter`, which
+    locks the catalog from the first `chunks` on) as the shard completes, while the workers go on;
+    `finish` commits them, leaving the `with` without it drops them.
     """
 
     def __init__(self, dataset: str, raw_root: str | Path, out: str | Path, settings: Settings = Settings(),
@@ -671,6 +674,9 @@ class IngestJob:
         self.writers: dict[str, shards.ShardWriter] = {}
         self.n_records = self.store.n_records
         self.n_done = 0
+        self.catalog: catalog.DatasetWriter | None = None  # opened by the first shard writer (`_rows_of`)
+        self.n_samples: dict[str, int] = {}  # per split, in the catalog so far
+        self._fed: dict[str, int] = {}  # per split, the writer's complete shards whose rows are in
 
     def __enter__(self) -> IngestJob:
         return self
@@ -678,6 +684,8 @@ class IngestJob:
     def __exit__(self, *exc: object) -> None:
         for writer in self.writers.values():
             writer.abandon()  # after an error: the unfinished shard's temp file, which a resumed run deletes
+        if self.catalog is not None:
+            self.catalog.__exit__(*exc)  # not committed (an error, no `finish`): the catalog as it was
         self.lock.release()
         self._let_go()
 
@@ -711,6 +719,7 @@ class IngestJob:
                                                           self.settings.shard_samples, self.settings.shard_bytes)
         skip = writer.n_processed  # complete shards hold exactly the first records in shard order
         self.n_done += skip
+        self._rows_of(split)
         size, per_chunk = self.settings.batch_size, self.chunk_batches
         index = 0
         for early, run in itertools.groupby(self.store.records(split, skip), key=lambda item: item[1] is not None):
@@ -732,43 +741,58 @@ class IngestJob:
             else:
                 writer.add(res.sample, res.meta)
         self.n_done += len(results)
+        self._rows_of(split)
 
     def close(self, split: str) -> None:
         self.writers[split].close()
+        self._rows_of(split)
+
+    def _rows_of(self, split: str) -> None:
+        """The catalog rows of `split`'s shards completed since the last call (a resumed run's kept ones
+        first), added while later chunks are processed."""
+        rows = self._catalog()
+        writer = self.writers[split]
+        for summary in writer.done[self._fed.get(split, 0):]:
+            rows.add(self._part(split, writer, summary))
+        self._fed[split] = len(writer.done)
+
+    def _catalog(self) -> catalog.DatasetWriter:
+        """The dataset's new catalog rows, opened (and the catalog locked) when the first shard writer
+        starts, beginning with the release's own rejects."""
+        if self.catalog is None:
+            self.catalog = catalog.DatasetWriter(self.out / "catalog.duckdb", self.adapter.name).__enter__()
+            self.catalog.add({"rejects": [reject_row(r, self.root) for r in self.store.rejects()]})
+        return self.catalog
 
     def finish(self) -> IngestResult:
-        """Catalog rows from the complete shards' stats, `_info.json`, and the atomic catalog swap."""
+        """The accounting check, the last shards' catalog rows, the atomic catalog swap, `_info.json`."""
         try:
             return self._finish()
         finally:
             self.lock.release()
 
-    def _parts(self, counts: dict[str, int]) -> Iterator[dict[str, list[dict[str, Any]]]]:
-        """The catalog rows, one shard's stats at a time: the adapter's rejects, then each shard's
-        samples, AU labels, carried rejects and its `shards` row. A shard's stats hold one item per
-        row giving samples (`n_samples`), its other faces in `more`: `counts[split]` adds up the samples."""
-        name = self.adapter.name
-        yield {"rejects": [reject_row(r, self.root) for r in self.store.rejects()]}
-        for split, writer in sorted(self.writers.items()):
-            for summary in writer.done:
-                stats = writer.read_stats(summary)
-                rel = None if stats["shard"] is None else f"shards/{name}/{writer.directory.name}/{stats['shard']}"
-                items = [sample for item in stats["samples"] for sample in (item, *item.get("more", ()))]
-                counts[split] = counts.get(split, 0) + len(items)
-                yield {
-                    "samples": [{**item["row"], "shard": rel} for item in items],
-                    "au_labels": [au for item in items for au in item["aus"]],
-                    "clip_frames": [f for item in items for f in item.get("frames", ())],
-                    "rejects": [c["reject"] for c in stats["carried"]],
-                    "shards": [] if rel is None else [{
-                        "path": rel, "dataset": name, "split": split, "n_samples": len(items),
-                        "bytes": stats["bytes"], "sha256": stats["sha256"], "fingerprint": stats["fingerprint"]}],
-                }
+    def _part(self, split: str, writer: shards.ShardWriter, summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """One complete shard's catalog rows from its stats: its samples, AU labels, clip frames, carried
+        rejects and its `shards` row. The stats hold one item per row giving samples, its other faces
+        in `more`: `n_samples[split]` adds up the samples."""
+        stats = writer.read_stats(summary)
+        rel = None if stats["shard"] is None else f"shards/{self.adapter.name}/{writer.directory.name}/{stats['shard']}"
+        items = [sample for item in stats["samples"] for sample in (item, *item.get("more", ()))]
+        self.n_samples[split] = self.n_samples.get(split, 0) + len(items)
+        return {
+            "samples": [{**item["row"], "shard": rel} for item in items],
+            "au_labels": [au for item in items for au in item["aus"]],
+            "clip_frames": [f for item in items for f in item.get("frames", ())],
+            "rejects": [c["reject"] for c in stats["carried"]],
+            "shards": [] if rel is None else [{
+                "path": rel, "dataset": self.adapter.name, "split": split, "n_samples": len(items),
+                "bytes": stats["bytes"], "sha256": stats["sha256"], "fingerprint": stats["fingerprint"]}],
+        }
 
     def _finish(self) -> IngestResult:
         name = self.adapter.name
         done = [(split, s) for split, writer in sorted(self.writers.items()) for s in writer.done]
-        n_rows_kept = sum(s["n_samples"] for _, s in done)  # a shard's n_samples counts rows (`_parts`)
+        n_rows_kept = sum(s["n_samples"] for _, s in done)  # a shard's n_samples counts rows (`_part`)
         n_rejects = self.store.n_rejects + sum(s["n_carried"] for _, s in done)
         if n_rows_kept + n_rejects != self.store.n_rows:
             raise AssertionError(f"{name}: {self.store.n_rows} rows read but {n_rows_kept} rows giving samples + "
@@ -779,17 +803,16 @@ class IngestJob:
             entry = info_splits.setdefault(split, {"n_samples": 0, "shards": []})
             if s["shard"] is not None:
                 entry["shards"].append(f"{versions[split]}/{s['shard']}")
-        counts: dict[str, int] = {}
         params = self.settings.params()
-        path = self.out / "catalog.duckdb"
+        for split in self.writers:
+            self._rows_of(split)
         # Readers follow the catalog: it moves to the new shards in one commit, and only then do the
         # shards it pointed at before go. An interrupted or failed run leaves both as they were.
-        catalog.replace_dataset(path, catalog.DatasetRows(
-            dataset=name, raw_root=str(self.raw_root), rows_read=self.store.n_rows, params=params,
-            parts=self._parts(counts)), parquet_dir=self.out / "catalog")
+        rows = self._catalog()  # opened here when the adapter rejected every row (no shard writer)
+        rows.commit(str(self.raw_root), self.store.n_rows, params)
         for split, entry in info_splits.items():
-            entry["n_samples"] = counts.get(split, 0)
-        n_samples = sum(counts.values())
+            entry["n_samples"] = self.n_samples.get(split, 0)
+        n_samples = sum(self.n_samples.values())
         self.shard_dir.mkdir(parents=True, exist_ok=True)  # no writer made it when the adapter rejected every row
         shards.write_info(self.shard_dir, {
             "dataset": name, "splits": info_splits, "params": params,
@@ -797,7 +820,7 @@ class IngestJob:
             "label_spaces": LABEL_SPACES, "kind": self.adapter.kind,
         })
         shards.prune(self.shard_dir, [versions[split] for split, entry in info_splits.items() if entry["shards"]])
-        return IngestResult(name, self.store.n_rows, n_samples, n_rejects, path)
+        return IngestResult(name, self.store.n_rows, n_samples, n_rejects, rows.path)
 
 
 def share_cores(workers: int | None, needs_detector: bool) -> tuple[int, int]:

@@ -3,6 +3,7 @@ real detector, and the columns every ingested sample gets."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def test_sharpness_falls_with_blur_and_columns_average() -> None:
     crop = cv2.resize(skimage.data.astronaut()[40:240, 120:320], (224, 224))
     blurred = cv2.GaussianBlur(crop, (0, 0), 3)
     assert quality.sharpness(blurred) < quality.sharpness(crop) / 5
+    # the variance of the 4-neighbour Laplacian (reflected borders), exact: the one rounding is the last
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.int64)
+    p = np.pad(grey, 1, mode="reflect")
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * grey
+    assert quality.sharpness(crop) == float(Fraction(int((lap * lap).sum()) * lap.size - int(lap.sum()) ** 2, lap.size ** 2))
     assert quality.face_size((10, 20, 110, 70)) == pytest.approx(np.sqrt(100 * 50))
     lm = template(224)
     geometry = {"landmarks": lm.reshape(-1).tolist(), "face_box": [0, 0, 100, 100], "face_score": 0.8,

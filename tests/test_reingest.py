@@ -89,7 +89,7 @@ def test_a_failed_reingest_changes_nothing(rafdb_root: Path, tmp_path: Path, mon
         def refused(*args, **kwargs) -> None:
             raise RuntimeError("catalog is locked by another process")
 
-        monkeypatch.setattr(catalog, "replace_dataset", refused)
+        monkeypatch.setattr(catalog.DatasetWriter, "commit", refused)  # every shard written, then refused
     with pytest.raises((OSError, RuntimeError)):
         ingest("rafdb", rafdb_root, out, size=SIZE, shard_samples=1)
     assert assert_catalog_shards_intact(out) == before and emotions(out) == labels_before

