@@ -119,3 +119,52 @@ def test_inside_keeps_pathlibs_answer(tmp_path: Path) -> None:
         else:
             with pytest.raises(BadRow, match="resolves outside"):
                 inside(root, rel)
+
+
+def pillow_plain(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """What the Pillow path would call plain: a JPEG in L or RGB, within budget, upright."""
+    with Image.open(io.BytesIO(data)) as im:
+        plain = (im.format == "JPEG" and im.mode in ("RGB", "L") and im.size[0] * im.size[1] <= max_pixels
+                 and im.getexif().get(0x0112, 1) == 1)
+        return im.size if plain else None
+
+
+JPEG_KINDS = {  # kind: Image.save keywords, and whether the header reading must take the fast path
+    "baseline": ({}, True), "grey": ({}, True), "progressive": ({"progressive": True}, True),
+    "no_subsampling": ({"subsampling": 0}, True), "comment_icc": ({"comment": b"hi", "icc_profile": b"\0" * 200}, True),
+    "restarts": ({"restart_marker_rows": 1}, True), "exif_upright": ({"exif_orientation": 1}, True),
+    "exif_turned": ({"exif_orientation": 6}, False), "exif_mirrored": ({"exif_orientation": 2}, False),
+    "xmp": ({"xmp": b'<x:xmpmeta><rdf:Description tiff:Orientation="1"/></x:xmpmeta>'}, False),
+    "cmyk": ({}, False), "over_budget": ({}, False), "mpo": ({}, False),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(JPEG_KINDS))
+def test_the_jpeg_header_reading_agrees_with_pillow(tmp_path: Path, kind: str) -> None:
+    """`plain_jpeg` reads the markers itself: where it says plain, Pillow must too, with the same size,
+    and OpenCV's pixels must be Pillow's; on the common files it must say so (else no speed-up)."""
+    from fer_data.decode import plain_jpeg
+
+    keywords, fast = JPEG_KINDS[kind]
+    keywords = dict(keywords)
+    with Image.open(write_image(tmp_path / "a.png", size=96)) as im:
+        im = im.convert("L" if kind == "grey" else "CMYK" if kind == "cmyk" else "RGB").resize((96, 64))
+        if "exif_orientation" in keywords:
+            exif = Image.Exif()
+            exif[0x0112] = keywords.pop("exif_orientation")
+            keywords["exif"] = exif
+        buf = io.BytesIO()
+        if kind == "mpo":
+            im.save(buf, "MPO", save_all=True, append_images=[im.rotate(90)])
+        else:
+            im.save(buf, "JPEG", quality=90, **keywords)
+    data = buf.getvalue()
+    budget = 48 * 32 if kind == "over_budget" else 2**22
+    ours, theirs = plain_jpeg(data, budget), pillow_plain(data, budget)
+    assert ours == (theirs if fast else None), (ours, theirs)
+    rgb, full = decode_image(data, "a.jpg", budget)
+    assert full == (64, 96) if kind == "exif_turned" else full == (96, 64)
+    if kind != "over_budget":
+        assert np.array_equal(rgb, pillow_pixels(data))
+    for cut in (3, 20, data.find(b"\xff\xda")):  # a header cut short, up to the scan, is never plain
+        assert plain_jpeg(data[:cut], budget) is None
