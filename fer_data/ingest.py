@@ -47,7 +47,7 @@ LOCK_FILE = ".ingest.lock"
 # Frames from which a job with more than one worker runs them as processes: a spawned worker's ~2 s
 # of imports pay off past about 5000 frames at the 0.4 ms a frame they save (FER2013, 2 cores).
 PROCESS_MIN_FRAMES = 5000
-SMALL_FILE = 2**20  # an input file up to this size is hashed in one read
+HASH_BLOCK = 2**20  # bytes an input file is hashed in at a time
 _local = threading.local()  # per-thread Workers and open video readers
 log = logging.getLogger(__name__)
 
@@ -487,10 +487,16 @@ def _content(path: str) -> str | None:
     (decoding then says what is wrong)."""
     try:
         try:
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size <= SMALL_FILE:  # whole: file_digest's 256 KiB buffer was half the time
-                    return hashlib.sha256(f.read()).hexdigest()
-                return hashlib.file_digest(f, "sha256").hexdigest()
+            # os.read on the descriptor: 16 µs a 4 KB file, where Python's file object took 30
+            # (file_digest's 256 KiB buffer, 50): a fifth of reading a folder of aligned JPEGs
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                digest = hashlib.sha256()
+                while block := os.read(fd, HASH_BLOCK):
+                    digest.update(block)
+                return digest.hexdigest()
+            finally:
+                os.close(fd)
         except IsADirectoryError:
             return shards.fingerprint(sorted((e.name, _content(e.path)) for e in os.scandir(path) if e.is_file()))
     except OSError:
