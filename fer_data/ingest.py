@@ -690,10 +690,12 @@ class IngestJob:
     def __exit__(self, *exc: object) -> None:
         for writer in self.writers.values():
             writer.abandon()  # after an error: the unfinished shard's temp file, which a resumed run deletes
-        if self.catalog is not None:
-            self.catalog.__exit__(*exc)  # not committed (an error, no `finish`): the catalog as it was
-        self.lock.release()
-        self._let_go()
+        try:
+            if self.catalog is not None:
+                self.catalog.__exit__(*exc)  # not committed (an error, no `finish`): the catalog as it was
+        finally:
+            self.lock.release()
+            self._let_go()
 
     def _let_go(self) -> None:
         if self.early:
