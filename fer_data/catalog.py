@@ -415,11 +415,7 @@ class DatasetWriter:
         if self._stack is not None:  # not committed: the new index is removed, the catalog untouched
             stack, self._stack = self._stack, None
             err = exc[1] if exc and exc[1] is not None else RuntimeError(f"{self.dataset}: left without commit")
-            try:
-                stack.__exit__(type(err), err, err.__traceback__)
-            except BaseException as raised:
-                if raised is not err:
-                    raise
+            stack.__exit__(type(err), err, err.__traceback__)  # the index's removal; `err` is not raised here
 
     def add(self, part: dict[str, list[dict[str, Any]]]) -> None:
         for table, items in part.items():

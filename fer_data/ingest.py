@@ -811,9 +811,7 @@ class IngestJob:
             entry = info_splits.setdefault(split, {"n_samples": 0, "shards": []})
             if s["shard"] is not None:
                 entry["shards"].append(f"{versions[split]}/{s['shard']}")
-        params = self.settings.params()
-        for split in self.writers:
-            self._rows_of(split)
+        params = self.settings.params()  # every complete shard's rows are in: `write` and `close` added them
         # Readers follow the catalog: it moves to the new shards in one commit, and only then do the
         # shards it pointed at before go. An interrupted or failed run leaves both as they were.
         rows = self._catalog()  # opened here when the adapter rejected every row (no shard writer)
