@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from enum import Enum
 from pathlib import Path
@@ -122,9 +121,6 @@ def ingest(
     if runner is Runner.none:
         from fer_data.ingest import ingest as run_ingest
 
-        # the imports' objects out of Python's collections, which the catalog rows' many objects set off
-        # (40k FER2013 rows' catalog insert with Prefect imported: 2.2-2.8 s, 1.8-2.3 s frozen)
-        gc.freeze()
         with Progress(TextColumn(f"[bold]{dataset}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, transient=True) as progress:
             task = progress.add_task("ingest", total=None)
@@ -138,7 +134,6 @@ def ingest(
         env.prefect_api()
         from flows.ingest import run_ingest as run_flow
 
-        gc.freeze()  # as above, Prefect's objects too
         summary = run_flow(dataset, raw_root, out, runner=runner.value, address=address, **settings)
     from fer_data.ingest import accounting
 

@@ -481,10 +481,12 @@ def merge(parts: Iterable[str | Path], dest: str | Path, fresh: bool = False) ->
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=columns)
-    if "extra" in df:
-        df["extra"] = [None if e is None else json.dumps(e, sort_keys=True) for e in df["extra"]]
-    return df.astype(object).where(df.notna(), None)
+    """The rows as object columns, missing values None (DuckDB's NULL), `extra` as JSON text: built
+    column by column, where a frame of the dicts then made object with NaN back to None took twice as long."""
+    data = {c: [row.get(c) for row in rows] for c in columns}
+    if "extra" in data:
+        data["extra"] = [None if e is None else json.dumps(e, sort_keys=True) for e in data["extra"]]
+    return pd.DataFrame(data, columns=columns, dtype=object)
 
 
 # --- the index and its Parquet folder --------------------------------------------------------------

@@ -57,7 +57,7 @@ def fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(1, int(width * scale)), max(1, int(height * scale))
 
 
-def check_size(path: Path, size: int) -> int:
+def check_size(path: str | Path, size: int) -> int:
     """The file's size, once checked to be neither empty nor over `MAX_FILE_BYTES`: a 2 GiB file
     named .jpg is refused on its size (the open file's `fstat`), before a byte is read."""
     if size == 0:
@@ -68,7 +68,7 @@ def check_size(path: Path, size: int) -> int:
     return size
 
 
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bytes, tuple[int, int]]:
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bytes, tuple[int, int]]:
     """(RGB pixels within `max_pixels`, the file's bytes, the upright image's full (width, height))."""
     # one open and its fstat: a stat, an open and a read were a tenth of an aligned image's time
     with open(path, "rb") as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -126,13 +127,13 @@ def _load(rec: Record, segments: int, sampling: Sampling, detect: Detect | None,
         data = np.ascontiguousarray(pixels).tobytes()
         rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB) if pixels.ndim == 2 else pixels  # np.stack's copy: 5x
         return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {})
-    path = Path(rec.source_path)
     if rec.kind == "image" and rec.frame_index is None:
         try:
-            rgb, data, (width, height) = read_image(path)
+            rgb, data, (width, height) = read_image(rec.source_path)
         except FileNotFoundError:
-            raise BadRow("missing_file", f"{path} does not exist") from None
+            raise BadRow("missing_file", f"{rec.source_path} does not exist") from None
         return Loaded(rgb[None], Source(_sha(data), len(data), width, height), {}, data)
+    path = Path(rec.source_path)
     if not path.exists():
         raise BadRow("missing_file", f"{path} does not exist")
     if path.is_file() and path.stat().st_size == 0:
@@ -660,6 +661,11 @@ class IngestJob:
         self.needs_detector = False
         keys = InputKeys(raw_root)
         self.root = keys.root
+        # What lives before the job (modules, Prefect's objects) lives through it: frozen until the job
+        # lets go, the full collections that the job's many short-lived objects set off no longer walk
+        # it (40k aligned JPEGs: the main process's CPU a row 0.19-0.20 -> 0.17-0.18 ms; 40k FER2013 rows'
+        # catalog insert 2.2-2.8 -> 1.8-2.3 s). Worker processes freeze their imports (`_exit_with`).
+        gc.freeze()
         self.store = RecordStore()
         self.early = EarlyStart(self) if early else None
 
@@ -701,6 +707,7 @@ class IngestJob:
         if self.early:
             self.early.close()
         self.store.close()
+        gc.unfreeze()
 
     @property
     def frames_per_record(self) -> int:
@@ -885,9 +892,12 @@ class LocalRunner:
 
 
 def _exit_with(parent: int) -> None:
-    """A worker process's watch on the ingest that started it: once that one is gone (a kill -9 gives
+    """A worker process's start: its imports frozen out of the garbage collector's walks (`IngestJob`
+    says why), and a watch on the ingest that started it: once that one is gone (a kill -9 gives
     it no time to stop its workers), the worker exits too. It would wait for work forever otherwise:
     each worker holds a copy of its queue's write end, so the queue never reads as closed."""
+    gc.freeze()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 STATS_SUFFIX = ".stats.json"
 
 
@@ -172,7 +174,7 @@ class ShardWriter:
             tar_path = self.directory / self._name(index)
             if not (stats_path.is_file() and tar_path.is_file()):
                 return
-            stats = json.loads(stats_path.read_text())
+            stats = orjson.loads(stats_path.read_bytes())
             if stats["fingerprint"] != self.fingerprint or stats["bytes"] != tar_path.stat().st_size:
                 return
             yield _summary(stats)
@@ -195,7 +197,7 @@ class ShardWriter:
         """The whole stats of a shard in `done` (its samples' and carried items' metadata)."""
         if summary["shard"] is None:
             return summary
-        return json.loads((self.directory / (summary["shard"] + STATS_SUFFIX)).read_text())
+        return orjson.loads((self.directory / (summary["shard"] + STATS_SUFFIX)).read_bytes())
 
     def add(self, sample: Sample, meta: str) -> None:
         if self._samples and (len(self._samples) >= self.max_samples or self._bytes + sample.size > self.max_bytes):
@@ -242,21 +244,23 @@ class ShardWriter:
             self._flush()
         elif self._carried:
             self.done.append({"shard": None, "n_samples": 0, "n_carried": len(self._carried), "samples": [],
-                              "carried": [json.loads(c) for c in self._carried]})
+                              "carried": [orjson.loads(c) for c in self._carried]})
             self._carried = []
         return self.done
 
 
-def meta_json(meta: dict[str, Any]) -> str:
-    """A sample's or carried item's metadata as its shard's stats file holds it."""
-    return json.dumps(meta, sort_keys=True)
+def meta_json(meta: Any) -> str:
+    """A sample's or carried item's metadata as its shard's stats file holds it: orjson's compact JSON,
+    keys sorted (a fifth of the time `json.dumps` took, 4 % of processing an aligned JPEG). Plain
+    values only: a NaN would read back as null, and adapters give none (`labels.valid_affect`)."""
+    return orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _stats_json(stats: dict[str, Any]) -> str:
-    """`json.dumps(stats, sort_keys=True)` of a shard's stats whose lists hold `meta_json` texts, byte
-    for byte: a JSON list is its items' texts joined by ", "."""
-    return "{" + ", ".join(f"{json.dumps(k)}: " + (f"[{', '.join(v)}]" if isinstance(v, list) else json.dumps(v))
-                           for k, v in sorted(stats.items())) + "}"
+    """`meta_json(stats)` of a shard's stats whose lists hold `meta_json` texts, byte for byte: a JSON
+    list is its items' texts joined by commas."""
+    return "{" + ",".join(f"{meta_json(k)}:" + (f"[{','.join(v)}]" if isinstance(v, list) else meta_json(v))
+                          for k, v in sorted(stats.items())) + "}"
 
 
 def _summary(stats: dict[str, Any]) -> dict[str, Any]:

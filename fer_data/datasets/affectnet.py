@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_data.datasets.base import BadRow, Item, LayoutError, inside, parse_rows, register, to_float, to_int
+from fer_data.datasets.base import BadRow, Item, LayoutError, inside_text, parse_rows, register, to_float, to_int
 from fer_data.faces.landmarks import landmarks68_to_5
 from fer_data.labels import valid_affect
 from fer_data.records import Record
@@ -47,7 +47,7 @@ def read(root: Path) -> Iterator[Item]:
                 sample_id=f"affectnet:{rel}",
                 dataset="affectnet",
                 split=split,
-                source_path=str(inside(images, rel)),
+                source_path=inside_text(images, rel),
                 emotion=None if expression in NOT_EMOTIONS else expression,
                 valence=valid_affect(to_float(row["valence"])),
                 arousal=valid_affect(to_float(row["arousal"])),

@@ -130,11 +130,17 @@ def inside(root: Path, rel: str) -> Path:
     The check is on the path as written, not on symlink targets: users link big image folders
     into a release (e.g. Manually_Annotated_Images on another disk), and those links are theirs.
     """
+    return Path(inside_text(root, rel))
+
+
+def inside_text(root: Path, rel: str) -> str:
+    """`inside` as text, for a record's `source_path`: no Path made and turned back into a string
+    (a tenth of reading a row of a folder of aligned JPEGs)."""
     path = os.path.normpath(os.path.join(root, rel.strip()))
     top = os.fspath(root)
     if path != top and not path.startswith(top.rstrip(os.sep) + os.sep):  # `is_relative_to`, on strings: a row's time
         raise BadRow("path_escapes_root", f"{rel!r} resolves outside {root}")
-    return Path(path)
+    return path
 
 
 def rows(path: Path, columns: tuple[str, ...], delimiter: str | None = None,

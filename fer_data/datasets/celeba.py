@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, find_file, guard, inside, read_lines, register
+from fer_data.datasets.base import BadRow, Item, find_file, guard, inside_text, read_lines, register
 from fer_data.labels import hash_split
 from fer_data.records import Record, Reject
 
@@ -44,7 +44,7 @@ def read(root: Path) -> Iterator[Item]:
             sample_id=f"celeba:{name}",
             dataset="celeba",
             split=PARTITION.get(partition.get(name, ""), "") or hash_split(identity.get(name, name)),
-            source_path=str(inside(image_dir, name)),
+            source_path=inside_text(image_dir, name),
             subject=identity.get(name),
             gender=0 if values["Male"] == "1" else 1,
             aligned=image_dir.name in ALIGNED_DIRS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, LayoutError, inside, parse_rows, register
+from fer_data.datasets.base import BadRow, Item, LayoutError, inside_text, parse_rows, register
 from fer_data.labels import age_bin_from_text, gender_from_text
 from fer_data.records import Record
 
@@ -31,7 +31,7 @@ def read(root: Path) -> Iterator[Item]:
                 sample_id=f"fairface:{row['file']}",
                 dataset="fairface",
                 split=split,
-                source_path=str(inside(root, row["file"])),
+                source_path=inside_text(root, row["file"]),
                 age_bin=age_bin,
                 gender=gender,
                 extra={"age_text": row["age"], "race": row["race"], "service_test": row["service_test"]},

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside, register
+from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside_text, register
 from fer_data.labels import emotion_from_name, hash_split
 from fer_data.records import Record, Reject
 
@@ -74,7 +74,7 @@ def read_class_folders(dataset: str, root: Path, require_splits: bool) -> Iterat
                         sample_id=f"{dataset}:{rel}",
                         dataset=dataset,
                         split=split or hash_split(rel),
-                        source_path=str(inside(root, rel)),
+                        source_path=inside_text(root, rel),
                         emotion=emotion,
                         extra={"class_name": class_dir.name},
                     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, LayoutError, inside, parse_rows, register, to_float
+from fer_data.datasets.base import BadRow, Item, LayoutError, inside_text, parse_rows, register, to_float
 from fer_data.labels import age_to_bin, gender_from_text, hash_split
 from fer_data.records import Record
 
@@ -48,7 +48,7 @@ def read(root: Path) -> Iterator[Item]:
             sample_id=f"lagenda:{name}#{face}",
             dataset="lagenda",
             split=hash_split(name),  # every face of one image in the same split
-            source_path=str(inside(root, name)),
+            source_path=inside_text(root, name),
             age=age,
             age_bin=age_to_bin(age),
             gender=gender,

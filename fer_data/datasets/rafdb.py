@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Files, Item, find_file, inside, parse_rows, read_lines, register, rows, to_int
+from fer_data.datasets.base import BadRow, Files, Item, find_file, inside_text, parse_rows, read_lines, register, rows, to_int
 from fer_data.labels import EMOTION_ID
 from fer_data.records import Record
 
@@ -30,6 +30,11 @@ def _manual_attributes(path: Path) -> tuple[tuple[tuple[float, float], ...], dic
     return landmarks, attrs
 
 
+def _stem(name: str) -> str:
+    """`Path(name).stem` without making a Path (twice a row)."""
+    return os.path.splitext(os.path.basename(name.rstrip("/")))[0]
+
+
 def _conflicting_labels(label_file: Path) -> dict[str, str]:
     """Image stem -> "label N in rows [...]" text, for the images listed with more than one valid label."""
     seen: dict[str, dict[int, list[int]]] = {}
@@ -40,7 +45,7 @@ def _conflicting_labels(label_file: Path) -> dict[str, str]:
                 label = to_int(row["label"], RAF_EMOTIONS, "RAF-DB label")
             except BadRow:
                 continue  # a bad label rejects its own row
-            seen.setdefault(Path(row["name"]).stem, {}).setdefault(label, []).append(index)
+            seen.setdefault(_stem(row["name"]), {}).setdefault(label, []).append(index)
     return {stem: "; ".join(f"{label} in rows {at}" for label, at in sorted(labels.items()))
             for stem, labels in seen.items() if len(labels) > 1}
 
@@ -61,10 +66,10 @@ def read(root: Path) -> Iterator[Item]:
         if split not in ("train", "test"):
             raise BadRow("unparsable_row", f"image name {name!r} lacks the train_/test_ prefix")
         label = to_int(row["label"], RAF_EMOTIONS, "RAF-DB label")
-        stem = Path(name).stem
+        stem = _stem(name)
         if stem in conflicts:
             raise BadRow("conflicting_labels", f"image {stem} has labels {conflicts[stem]}")
-        original = str(inside(originals, name))
+        original = inside_text(originals, name)
         aligned = os.path.join(aligned_files.folder, f"{stem}_aligned.jpg")  # a file name: inside its folder
         use_aligned = original not in original_files and aligned in aligned_files
         rec = Record(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside, register, to_int
+from fer_data.datasets.base import BadRow, Item, LayoutError, guard, inside_text, register, to_int
 from fer_data.datasets.folders import image_files
 from fer_data.labels import age_to_bin, hash_split
 from fer_data.records import Record
@@ -26,7 +26,7 @@ def _record(root: Path, path: Path) -> Record:
         sample_id=f"utkface:{rel}",
         dataset="utkface",
         split=hash_split(rel),
-        source_path=str(inside(root, rel)),
+        source_path=inside_text(root, rel),
         age=float(age),
         age_bin=age_to_bin(age),
         gender=gender,
