@@ -5,9 +5,9 @@ JSON line; this collects the lines, turns each into table rows (pipeline figure,
 ratio, goal, met?) and writes them with a description of the machine, including its load average
 before and after, since other work on the machine skews every figure.
 
-Sizes are chosen for about 10 minutes on 2 cores, plus scale_ingest's four real `fer ingest` runs (25k and
-100k rows of a CSV and a loose-file layout): about 8 more (497 s on 2026-11-30). `--quick` runs tiny sizes
-(a smoke test) and
+Sizes are chosen for about 10 minutes on 2 cores, plus scale_ingest's twelve real `fer ingest` runs (25k
+and 100k rows of a CSV and a loose-file layout, three rounds): about 12 more on 2026-12-02. `--quick` runs
+tiny sizes (a smoke test, one round) and
 `--args NAME="..."` passes more flags to one script, e.g. `--args catalog_queries="--samples 5000000"`.
 """
 
@@ -39,7 +39,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "train_throughput": ([], ["--backbone", "vit-tiny-test", "--image-size", "32", "--shard-size", "112",
                               "--batch-size", "4", "--steps", "2", "--workers", "1"]),
     # `fer ingest` as users run it (Prefect flow), 25k and 100k rows of a CSV and a loose-file layout
-    "scale_ingest": ([], ["--sizes", "300", "900", "--bare-rows", "300"]),
+    "scale_ingest": ([], ["--sizes", "300", "900", "--bare-rows", "300", "--repeats", "1"]),
     # `fer ingest` of in-the-wild clips as users run it: every frame detected, tracks linked, T aligned
     "clip_ingest": (["--clips", "48", "--frames", "48", "--base-clips", "12"], ["--clips", "2", "--frames", "8"]),
 }

@@ -10,7 +10,10 @@ a fresh output folder, on generated raw data in two native layouts:
   landmarks, `--detector auto` takes the plain-resize path for both layouts (no face detector),
   so the rate is about decoding, resizing to 224 px and JPEG encoding.
 
-Per size: wall seconds of the `fer` process (start to exit, Python start-up and Prefect's server
+Each size runs `--repeats` times (default 3), in rounds of every size in turn, and its median run
+(by wall time) counts: this machine's speed drifts within minutes, and one slow spell on one 100k run
+moved the ratio from 0.86 to 0.61 between two otherwise equal runs of this benchmark (2026-12-02).
+Per run: wall seconds of the `fer` process (start to exit, Python start-up and Prefect's server
 start-up included) and its peak RSS, sampled every `--interval` s, alone (plus the kernel's own
 high-water mark, VmHWM) and summed over its process tree (the ephemeral Prefect server is a child).
 Two sizes N1 < N2 give the marginal rate (N2-N1)/(t2-t1), which leaves the fixed costs out (they
@@ -441,6 +444,40 @@ def dir_bytes(path: Path) -> int:
 # ---------------------------------------------------------------- main
 
 
+def run_once(layout: str, dataset: str, n: int, raw: Path, raw_bytes: int, repeat: int, args: argparse.Namespace,
+             fer: list[str], work: Path) -> dict[str, Any]:
+    """One `fer ingest` of `raw` into a fresh output folder and a fresh Prefect home; its figures."""
+    out = work / f"out_{layout}_{n}_{repeat}"
+    cmd = [*fer, "ingest", dataset, str(raw), "--out", str(out), "--runner", args.runner, *args.ingest_args]
+    got = run_fer(cmd, fer_env(work / f"prefect_{layout}_{n}_{repeat}"), work / f"logs_{layout}_{n}_{repeat}",
+                  args.interval, int(args.max_rss_gib * 2**30), args.timeout)
+    summary = parse_summary(got["stdout"]) or parse_summary(got["stderr"])
+    if got["killed"] or got["exit"] != 0 or summary is None:
+        tail = "\n".join((got["stderr"] + got["stdout"]).strip().splitlines()[-25:])
+        why = got["killed"] or f"exit {got['exit']}" + ("" if summary else ", no 'rows read' line")
+        raise RuntimeError(f"`{shlex.join(cmd)}` failed ({why}) after {got['wall_s']:.1f} s, "
+                           f"peak tree RSS {got['peak_rss_tree'] / 2**20:.0f} MiB:\n{tail}")
+    rows_read, n_samples, n_rejects = summary
+    in_catalog = catalog_samples(out, dataset)
+    if (rows_read, n_samples, n_rejects, in_catalog) != (n, n, 0, n):
+        raise RuntimeError(f"{dataset} at {n} rows: fer says {rows_read} rows read = {n_samples} samples + "
+                           f"{n_rejects} rejects, catalog has {in_catalog} samples; expected {n} good rows")
+    run = {"rows": n, "wall_s": round(got["wall_s"], 2), "cpu_s": round(got["cpu_s"], 2),
+           "load_average": round(os.getloadavg()[0], 2), "rows_per_s": round(n / got["wall_s"], 1),
+           "peak_rss_fer_b": got["peak_rss_fer"], "peak_rss_tree_b": got["peak_rss_tree"],
+           "peak_rss_fer_mib": round(got["peak_rss_fer"] / 2**20, 1),
+           "peak_rss_tree_mib": round(got["peak_rss_tree"] / 2**20, 1),
+           "rss_samples": got["rss_samples"], "samples": n_samples, "rejects": n_rejects,
+           "catalog_samples": in_catalog, "raw_mib": round(raw_bytes / 2**20, 1),
+           "out_mib": round(dir_bytes(out) / 2**20, 1), "leftover_processes": got["leftover_processes"]}
+    log(f"{layout} {n:,}: fer ingest {run['wall_s']:.1f} s ({run['cpu_s']:.1f} s CPU, load "
+        f"{run['load_average']}) = {run['rows_per_s']:.0f} rows/s, peak RSS "
+        f"{run['peak_rss_fer_mib']:.0f} MiB (tree {run['peak_rss_tree_mib']:.0f} MiB), {n_samples} samples")
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return run
+
+
 def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Path) -> dict[str, Any]:
     dataset, description, writer = LAYOUTS[layout]
     result: dict[str, Any] = {"dataset": dataset, "layout": description, "runs": []}
@@ -452,49 +489,28 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
         bare.extend(got)
         log(f"{layout}: bare loop {when}: {', '.join(f'{r:.0f}' for r, _, _ in got)} rows/s ({got[0][1]} rows, 1 core)")
 
-    for k, n in enumerate(args.sizes):
-        raw, out = work / f"raw_{layout}_{n}", work / f"out_{layout}_{n}"
+    raws: dict[int, tuple[Path, int]] = {}
+    for n in args.sizes:
+        raw = work / f"raw_{layout}_{n}"
         start = time.perf_counter()
         writer(raw, n, args.seed)
         gen_s = time.perf_counter() - start
-        raw_bytes = dir_bytes(raw)
-        log(f"{layout} {n:,}: generated {raw_bytes / 2**20:.0f} MiB in {gen_s:.1f} s")
-        measure_bare(raw, f"before the {n:,}-row run")
-        cmd = [*fer, "ingest", dataset, str(raw), "--out", str(out), "--runner", args.runner, *args.ingest_args]
-        prefect_home = work / f"prefect_{layout}_{n}"
-        got = run_fer(cmd, fer_env(prefect_home), work / f"logs_{layout}_{n}", args.interval,
-                      int(args.max_rss_gib * 2**30), args.timeout)
-        summary = parse_summary(got["stdout"]) or parse_summary(got["stderr"])
-        if got["killed"] or got["exit"] != 0 or summary is None:
-            tail = "\n".join((got["stderr"] + got["stdout"]).strip().splitlines()[-25:])
-            why = got["killed"] or f"exit {got['exit']}" + ("" if summary else ", no 'rows read' line")
-            raise RuntimeError(f"`{shlex.join(cmd)}` failed ({why}) after {got['wall_s']:.1f} s, "
-                               f"peak tree RSS {got['peak_rss_tree'] / 2**20:.0f} MiB:\n{tail}")
-        rows_read, n_samples, n_rejects = summary
-        in_catalog = catalog_samples(out, dataset)
-        if (rows_read, n_samples, n_rejects, in_catalog) != (n, n, 0, n):
-            raise RuntimeError(f"{dataset} at {n} rows: fer says {rows_read} rows read = {n_samples} samples + "
-                               f"{n_rejects} rejects, catalog has {in_catalog} samples; expected {n} good rows")
-        run = {"rows": n, "wall_s": round(got["wall_s"], 2), "cpu_s": round(got["cpu_s"], 2),
-               "load_average": round(os.getloadavg()[0], 2), "rows_per_s": round(n / got["wall_s"], 1),
-               "peak_rss_fer_b": got["peak_rss_fer"], "peak_rss_tree_b": got["peak_rss_tree"],
-               "peak_rss_fer_mib": round(got["peak_rss_fer"] / 2**20, 1),
-               "peak_rss_tree_mib": round(got["peak_rss_tree"] / 2**20, 1),
-               "rss_samples": got["rss_samples"], "samples": n_samples, "rejects": n_rejects,
-               "catalog_samples": in_catalog, "raw_mib": round(raw_bytes / 2**20, 1), "generate_s": round(gen_s, 2),
-               "out_mib": round(dir_bytes(out) / 2**20, 1), "leftover_processes": got["leftover_processes"]}
-        result["runs"].append(run)
-        log(f"{layout} {n:,}: fer ingest {run['wall_s']:.1f} s ({run['cpu_s']:.1f} s CPU, load "
-            f"{run['load_average']}) = {run['rows_per_s']:.0f} rows/s, peak RSS "
-            f"{run['peak_rss_fer_mib']:.0f} MiB (tree {run['peak_rss_tree_mib']:.0f} MiB), {n_samples} samples")
-        if k == len(args.sizes) - 1:
-            measure_bare(raw, "after the last run")
+        raws[n] = raw, dir_bytes(raw)
+        log(f"{layout} {n:,}: generated {raws[n][1] / 2**20:.0f} MiB in {gen_s:.1f} s")
+    # Rounds of every size in turn, so a slow spell of this machine falls on both sizes alike; each
+    # size's figures are its median run (by wall time).
+    tries: dict[int, list[dict[str, Any]]] = {n: [] for n in args.sizes}
+    for r in range(args.repeats):
+        for n in args.sizes:
+            raw, raw_bytes = raws[n]
+            measure_bare(raw, f"before the {n:,}-row run ({r + 1}/{args.repeats})")
+            tries[n].append(run_once(layout, dataset, n, raw, raw_bytes, r, args, fer, work))
+    measure_bare(raws[args.sizes[-1]][0], "after the last run")
+    for n in args.sizes:
+        ranked = sorted(tries[n], key=lambda run: run["wall_s"])
+        result["runs"].append({**ranked[(len(ranked) - 1) // 2], "walls_s": [run["wall_s"] for run in tries[n]]})
         if not args.keep:
-            shutil.rmtree(out, ignore_errors=True)
-            if k:
-                shutil.rmtree(raw, ignore_errors=True)
-    if not args.keep:
-        shutil.rmtree(work / f"raw_{layout}_{args.sizes[0]}", ignore_errors=True)
+            shutil.rmtree(raws[n][0], ignore_errors=True)
     # The yardstick: the median of the bare loops around the runs. This machine's speed drifts by up
     # to a third within minutes (the bare loop's CPU time a row went from 0.47 to 0.69 ms between
     # runs), so one measurement before a 10-minute benchmark could put the ratio anywhere.
@@ -520,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ingest-args", default="", help='more flags for `fer ingest`, e.g. "--workers 2"')
     p.add_argument("--fer", default=None, help="the command to run (default: `fer` beside this Python)")
     p.add_argument("--bare-rows", type=int, default=5000, help="rows the bare loop times")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each size, in rounds of every size (each size's median run counts)")
     p.add_argument("--bare-repeats", type=int, default=1,
                    help="bare loop repeats before each run and after the last (the median of all counts)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between memory samples")
@@ -533,6 +551,8 @@ def main(argv: list[str] | None = None) -> None:
     args.sizes = sorted(set(args.sizes + ([1_000_000] if args.million else [])))
     if len(args.sizes) < 2 or args.sizes[0] < 1:
         p.error("--sizes needs two or more different positive sizes")
+    if args.repeats < 1:
+        p.error("--repeats needs 1 or more")
     if args.keep and not args.workdir:
         p.error("--keep needs --workdir")
     args.ingest_args = shlex.split(args.ingest_args)

@@ -160,8 +160,9 @@ def test_scale_ingest_figures_and_summary_line() -> None:
     assert rows[1]["ratio"] == pytest.approx(2048 / 3000, abs=1e-3)
 
 
-def _scale_ingest_tiny(layout: str, *flags: str) -> dict:
-    out = _run("scale_ingest.py", "--layouts", layout, "--sizes", "300", "900", "--bare-rows", "200", *flags)
+def _scale_ingest_tiny(layout: str, repeats: int, *flags: str) -> dict:
+    out = _run("scale_ingest.py", "--layouts", layout, "--sizes", "300", "900", "--bare-rows", "200",
+               "--repeats", str(repeats), *flags)
     assert out["benchmark"] == "scale_ingest" and out["sizes"] == [300, 900] and out["cores"] >= 1
     r = out["layouts"][layout]
     assert [run["rows"] for run in r["runs"]] == [300, 900]
@@ -169,9 +170,11 @@ def _scale_ingest_tiny(layout: str, *flags: str) -> dict:
         assert run["samples"] == run["catalog_samples"] == run["rows"] and run["rejects"] == 0
         assert run["wall_s"] > 0 and run["rows_per_s"] > 0 and run["peak_rss_fer_mib"] > 50
         assert run["peak_rss_tree_mib"] >= run["peak_rss_fer_mib"] - 1 and run["rss_samples"] > 0
+        walls = sorted(run["walls_s"])  # every run of the size; the median one (the lower of two) counts
+        assert len(walls) == repeats and run["wall_s"] == walls[(repeats - 1) // 2]
     assert r["bare_rows_per_s"] > 0 and r["bare_rows"] == 200
     bare = sorted(r["bare_rows_per_s_all"])  # before each run and after the last; the median counts
-    assert len(bare) == 3 and r["bare_rows_per_s"] == bare[1]
+    assert len(bare) == 2 * repeats + 1 and r["bare_rows_per_s"] == bare[repeats]
     assert {"marginal_rows_per_s", "fixed_s", "rss_slope_fer_b", "rss_slope_tree_b", "ratio", "goals"} <= set(r)
     if r["marginal_rows_per_s"] is not None:  # 600 extra rows can drown in start-up noise: no sign asserted
         assert r["marginal_rows_per_s"] > 0 and r["ratio"] > 0
@@ -182,11 +185,11 @@ def _scale_ingest_tiny(layout: str, *flags: str) -> dict:
 @pytest.mark.slow
 def test_scale_ingest_tiny_csv_prefect_flow() -> None:
     """About 90 s on 2 cores: each run starts an ephemeral Prefect server."""
-    out = _scale_ingest_tiny("csv")
+    out = _scale_ingest_tiny("csv", 1)
     assert out["runner"] == "local" and out["layouts"]["csv"]["dataset"] == "fer2013"
 
 
 def test_scale_ingest_tiny_loose_files_plain_runner() -> None:
-    """Fast (about 12 s on 2 cores): no Prefect server to start."""
-    out = _scale_ingest_tiny("loose", "--runner", "none")
+    """Fast (about 20 s on 2 cores): no Prefect server to start; two rounds of the sizes."""
+    out = _scale_ingest_tiny("loose", 2, "--runner", "none")
     assert out["runner"] == "none" and out["layouts"]["loose"]["dataset"] == "rafdb"
