@@ -66,7 +66,7 @@ class PrefectRunner:
     when full, or when `drive` waits for one of its chunks (a split's last). `drive`'s window holds
     three groups: a group's result comes when all its chunks are done, and with two the workers ran
     out of work while a finished group was written and the next task run started (both cores busy
-    1.1-1.7 of 2 in the seconds around each; with three, 1.9-2.0)."""
+    1.2-1.7 of 2 in the seconds around each; with three, 1.9-2.0)."""
 
     def __init__(self, runner: TaskRunner, local: LocalRunner | None, group: int) -> None:
         self.runner, self.local, self.group = runner, local, group
