@@ -490,13 +490,14 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
         log(f"{layout}: bare loop {when}: {', '.join(f'{r:.0f}' for r, _, _ in got)} rows/s ({got[0][1]} rows, 1 core)")
 
     raws: dict[int, tuple[Path, int]] = {}
+    generate_s: dict[int, float] = {}
     for n in args.sizes:
         raw = work / f"raw_{layout}_{n}"
         start = time.perf_counter()
         writer(raw, n, args.seed)
-        gen_s = time.perf_counter() - start
+        generate_s[n] = time.perf_counter() - start
         raws[n] = raw, dir_bytes(raw)
-        log(f"{layout} {n:,}: generated {raws[n][1] / 2**20:.0f} MiB in {gen_s:.1f} s")
+        log(f"{layout} {n:,}: generated {raws[n][1] / 2**20:.0f} MiB in {generate_s[n]:.1f} s")
     # Rounds of every size in turn, so a slow spell of this machine falls on both sizes alike; each
     # size's figures are its median run (by wall time).
     tries: dict[int, list[dict[str, Any]]] = {n: [] for n in args.sizes}
@@ -508,7 +509,8 @@ def bench_layout(layout: str, args: argparse.Namespace, fer: list[str], work: Pa
     measure_bare(raws[args.sizes[-1]][0], "after the last run")
     for n in args.sizes:
         ranked = sorted(tries[n], key=lambda run: run["wall_s"])
-        result["runs"].append({**ranked[(len(ranked) - 1) // 2], "walls_s": [run["wall_s"] for run in tries[n]]})
+        result["runs"].append({**ranked[(len(ranked) - 1) // 2], "walls_s": [run["wall_s"] for run in tries[n]],
+                               "generate_s": round(generate_s[n], 2)})
         if not args.keep:
             shutil.rmtree(raws[n][0], ignore_errors=True)
     # The yardstick: the median of the bare loops around the runs. This machine's speed drifts by up
