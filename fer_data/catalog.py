@@ -480,12 +480,15 @@ def merge(parts: Iterable[str | Path], dest: str | Path, fresh: bool = False) ->
     return merged
 
 
+_EXTRA_JSON = json.JSONEncoder(sort_keys=True)  # `json.dumps(extra, sort_keys=True)`, its encoder made once
+
+
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     """The rows as object columns, missing values None (DuckDB's NULL), `extra` as JSON text: built
     column by column, where a frame of the dicts then made object with NaN back to None took twice as long."""
     data = {c: [row.get(c) for row in rows] for c in columns}
     if "extra" in data:
-        data["extra"] = [None if e is None else json.dumps(e, sort_keys=True) for e in data["extra"]]
+        data["extra"] = [None if e is None else _EXTRA_JSON.encode(e) for e in data["extra"]]
     return pd.DataFrame(data, columns=columns, dtype=object)
 
 

@@ -34,21 +34,24 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} in a record is not JSON")
 
 
+_JSON = json.JSONEncoder(default=_plain)  # made once, not per `json.dumps` call
+
+
 def _pack(rec: Record) -> tuple[str, bytes | None]:
     values = {name: getattr(rec, name) for name in _FIELDS}
     values["aus"] = [[au, present, intensity] for au, (present, intensity) in rec.aus.items()]
     if rec.pixels is None:
-        return json.dumps(values, default=_plain), None
-    if isinstance(rec.pixels, str):  # beside the JSON, not in it: JSON-escaping 9 KB of digits was most of a row's time
+        return _JSON.encode(values), None
+    if isinstance(rec.pixels, str | bytes):  # beside the JSON, not in it: JSON-escaping 9 KB of digits was most of a row's time
         values["pixels"] = "text"
-        return json.dumps(values, default=_plain), rec.pixels.encode()
+        return _JSON.encode(values), rec.pixels if isinstance(rec.pixels, bytes) else rec.pixels.encode()
     pixels = np.ascontiguousarray(rec.pixels)
     values["pixels"] = [pixels.dtype.str, pixels.shape]
-    return json.dumps(values, default=_plain), pixels.tobytes()
+    return _JSON.encode(values), pixels.tobytes()
 
 
 Stored = tuple[str, bytes | None]  # a record as the store keeps it: JSON text, raw pixel bytes
-Done = tuple[str, bytes | None, int | None, str]  # a processed record: sample_id, tar members, size, stats text
+Done = tuple[str, bytes | None, int | None, str]  # a processed record: sample_id, tar members, their size, stats text (`ingest.written`)
 
 
 def unpack(stored: Stored) -> Record:
@@ -63,7 +66,7 @@ def unpack(stored: Stored) -> Record:
     if values["landmarks"] is not None:
         values["landmarks"] = tuple(tuple(p) for p in values["landmarks"])
     if values.get("pixels") == "text":
-        values["pixels"] = pixels.decode()
+        values["pixels"] = pixels  # the text's UTF-8 bytes: `decode.text_pixels` parses them as they are
     elif pixels is not None:
         dtype, shape = values["pixels"]
         values["pixels"] = np.frombuffer(pixels, dtype=np.dtype(dtype)).reshape(shape).copy()  # writable, as read

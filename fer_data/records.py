@@ -37,8 +37,9 @@ class Record:
     landmarks: tuple[tuple[float, float], ...] | None = None  # 5 points, ArcFace order
     aligned: bool = False  # the source image is already an aligned face crop
     # An image carried inside a label file: decoded, or its text as the file holds it (FER2013's grey
-    # values, `decode.text_pixels`), which the workers decode: a bad one is then a decode reject.
-    pixels: np.ndarray | str | None = None
+    # values, `decode.text_pixels`; its UTF-8 bytes once through the record store), which the workers
+    # decode: a bad one is then a decode reject.
+    pixels: np.ndarray | str | bytes | None = None
     frame_index: int | None = None  # image sample that is one frame of the video at source_path (DISFA)
     frame_range: tuple[int, int] | None = None  # clip: inclusive frame range of the video/folder (CASME II)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -122,7 +122,7 @@ def test_a_lost_row_fails_the_accounting_however_many_faces_the_others_gave(grou
         for split in job.splits:
             for chunk in job.chunks(split):
                 results = process_chunk(settings, chunk).take()
-                job.write(split, [r for r in results if "group" in r.sample_id])  # the portrait's row is lost
+                job.write(split, [r for r in results if "group" in r[0]])  # the portrait's row is lost
             job.close(split)
         with pytest.raises(AssertionError, match="2 rows read but 1 rows giving samples"):
             job.finish()

@@ -372,7 +372,8 @@ def test_shard_bytes_are_what_tarfile_writes(tmp_path: Path) -> None:
     samples = {f"{i:03d}": {"jpg": bytes([i]) * n, "json": b"{}"} for i, n in enumerate((0, 1, 511, 512, 10240, 700))}
     writer = shards.ShardWriter(tmp_path / "set", "train", "fp", max_samples=4)
     for key, files in samples.items():
-        writer.add(shards.encode_sample(key, files), shards.meta_json({"sample_id": key}))
+        sample = shards.encode_sample(key, files)
+        writer.add(sample.blob, sample.size, shards.meta_json({"sample_id": key}))
     writer.close()
     for i, chunk in enumerate((list(samples)[:4], list(samples)[4:])):
         buf = io.BytesIO()

@@ -131,6 +131,8 @@ def columns(faces: Sequence[AlignedFace]) -> dict[str, Any]:
     where none has. Sizes are in the faces' (decoded) pixels: `ingest.in_source_pixels` maps
     face_size to source pixels like the box."""
     per_face = [measure(f) for f in faces]
+    if len(per_face) == 1:  # an image's one face: the mean of one value, as the loop below makes it (0 + -0.0 is 0.0)
+        return {key: None if value is None else float((0 + value) / 1) for key, value in per_face[0].items()}
     out: dict[str, Any] = {}
     for key in QUALITY_COLUMNS:
         values = [m[key] for m in per_face if m[key] is not None]
