@@ -16,14 +16,13 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from fer_data.records import Record, Reject
 
-_FIELDS = [f.name for f in fields(Record) if f.name != "pixels"]
 _COMMIT_EVERY = 10_000  # rows per insert transaction
 
 
@@ -38,7 +37,8 @@ _JSON = json.JSONEncoder(default=_plain)  # made once, not per `json.dumps` call
 
 
 def _pack(rec: Record) -> tuple[str, bytes | None]:
-    values = {name: getattr(rec, name) for name in _FIELDS}
+    values = dict(rec.__dict__)  # every field (a Record has no slots): 0.4-0.5 µs, a getattr each took 0.9-1.4
+    del values["pixels"]
     values["aus"] = [[au, present, intensity] for au, (present, intensity) in rec.aus.items()]
     if rec.pixels is None:
         return _JSON.encode(values), None

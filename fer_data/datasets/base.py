@@ -202,6 +202,9 @@ def _rows(lines: Iterable[str], path: Path, columns: tuple[str, ...], delimiter:
             if '"' not in line:
                 return line.split(delimiter)
             return next(csv.reader(io.StringIO(line), delimiter=delimiter, skipinitialspace=True))
+    names = [c.lower() for c in columns + optional]  # the fields' names without a header; lowered once, not a row
+    required = names[:len(columns)]
+    wanted = list(zip(columns + optional, names))
     header: list[str] | None = None
     first = True
     index = -1
@@ -211,20 +214,19 @@ def _rows(lines: Iterable[str], path: Path, columns: tuple[str, ...], delimiter:
         fields = [f.strip() for f in split(line)]
         if first:
             first = False
-            if fields[0].lower() == columns[0].lower():
+            if fields[0].lower() == required[0]:
                 header = [f.lower() for f in fields]
-                missing = [c for c in columns if c.lower() not in header]
+                missing = [c for c, name in zip(columns, required) if name not in header]
                 if missing:
                     raise LayoutError(f"{path}: header lacks the columns {missing}")
                 continue
         index += 1
-        names = header or [c.lower() for c in columns + optional]
-        row = dict(zip(names, fields))
-        if any(c.lower() not in row for c in columns):
+        row = dict(zip(header or names, fields))
+        if any(name not in row for name in required):
             yield Reject("", f"{path}#row={index}", "adapter", "unparsable_row",
                          f"line {lineno}: expected the fields {columns}, got {len(fields)}: {line[:80]!r}")
             continue
-        yield index, {c: row.get(c.lower(), "") for c in columns + optional}
+        yield index, {c: row.get(name, "") for c, name in wanted}
 
 
 def parse_rows(dataset: str, path: Path, columns: tuple[str, ...], parse: Callable[[int, dict[str, str]], Record],
