@@ -5,6 +5,7 @@ on PATH keeps the raw sample data."""
 
 from __future__ import annotations
 
+import ast
 import configparser
 import copy
 import os
@@ -210,6 +211,49 @@ def test_dvc_hashes_no_duckdb_lock_or_timing_file(repo: Path, stages: dict[str, 
         for path in ("data/catalog/samples/dataset=rafdb/part0.parquet", "data/ingest/rafdb/shards/rafdb/_info.json",
                      "runs/lp/metrics.json"):
             assert not ignored(str(repo / path)), path
+
+
+def _imported_modules(module: str, package: str) -> set[str]:
+    """`module` and every module of `package` it imports, directly or through others, at the top or
+    inside a function (ast: nothing is imported)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = ROOT / Path(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]  # a name may be a module
+        todo = [t for t in todo if t == package or t.startswith(package + ".")]
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages' __init__ run first
+    return seen
+
+
+def test_ingest_stages_depend_on_every_module_an_ingest_runs(stages: dict[str, Stage]) -> None:
+    """A changed decoder, record, label map or video reader changes the shards: `dvc repro` must run the
+    ingests again. Every fer_data file `fer_data.ingest` imports is a dep of each ingest stage (a file,
+    or under a folder dep); package `__init__` files holding only a docstring are exempt."""
+    files = set()
+    for name in _imported_modules("fer_data.ingest", "fer_data"):
+        path = ROOT / Path(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        body = ast.parse(path.read_text()).body
+        if path.name == "__init__.py" and all(isinstance(n, ast.Expr) for n in body):
+            continue
+        files.add(path.relative_to(ROOT).as_posix())
+    assert {"fer_data/decode.py", "fer_data/records.py", "fer_data/video.py", "fer_data/faces/align.py"} <= files
+    ingests = {name: stage for name, stage in stages.items() if name.startswith("ingest@")}
+    assert len(ingests) >= 15
+    for name, stage in ingests.items():
+        missing = [f for f in sorted(files) if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in stage.deps)]
+        assert not missing, f"{name} does not depend on {missing}"
 
 
 def _repro_sample_data(repo: Path, path_dirs: list[Path]) -> subprocess.CompletedProcess:
