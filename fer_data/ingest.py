@@ -39,7 +39,7 @@ from fer_data.faces.track import (DETECT_CHUNK, MAX_DETECTIONS, Detect, TrackedF
                                   track_frames)
 from fer_data.labels import LABEL_SPACES
 from fer_data.record_store import Done, RecordStore, Stored, unpack
-from fer_data.records import Record, Reject, printable
+from fer_data.records import Record, Reject, TextSpan, printable, read_spans
 from fer_data.settings import Settings
 from fer_data.sampling import Sampling
 from fer_data.video import Clip
@@ -123,7 +123,8 @@ def load(rec: Record, segments: int, sampling: Sampling = Sampling("tsn"), detec
 
 def _load(rec: Record, segments: int, sampling: Sampling, detect: Detect | None, max_detections: int) -> Loaded:
     if rec.pixels is not None:
-        pixels = text_pixels(rec.pixels) if isinstance(rec.pixels, str | bytes) else rec.pixels
+        pixels = rec.pixels.read() if isinstance(rec.pixels, TextSpan) else rec.pixels
+        pixels = text_pixels(pixels) if isinstance(pixels, str | bytes) else pixels
         data = np.ascontiguousarray(pixels).tobytes()
         rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB) if pixels.ndim == 2 else pixels  # np.stack's copy: 5x
         return Loaded(rgb[None], Source(_sha(data), len(data), rgb.shape[1], rgb.shape[0]), {})
@@ -343,6 +344,10 @@ class Worker:
 
     def __call__(self, batch: list[Record]) -> Results:
         """Each record's result in order: images and clips go their own ways (`_images`, `_clips`)."""
+        spanned = [rec for rec in batch if isinstance(rec.pixels, TextSpan)]
+        for rec, text in zip(spanned, read_spans([rec.pixels for rec in spanned])):  # one open a file a batch
+            if text is not None:
+                rec.pixels = text
         loaded: list[tuple[Record, Loaded]] = []
         out: dict[int, tuple[Record, dict[str, Any] | Reject]] = {}
         for i, rec in enumerate(batch):

@@ -5,8 +5,8 @@ without holding it, so its memory does not grow with the dataset (AffectNet's 29
 A temporary SQLite file keyed by sample id: records come back per split in sample-id order (the
 order shards are written in), and the key finds a repeated id (the first row wins, later ones
 become rejects). Records are stored as JSON plus the bytes of the pixels a record carries: decoded,
-with their dtype and shape in the JSON, or their text (FER2013's) in UTF-8: nothing in the file runs
-as code.
+with their dtype and shape in the JSON, or their text (FER2013's) in UTF-8, or only where the label
+file holds that text (`TextSpan`, in the JSON): nothing in the file runs as code.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_data.records import Record, Reject
+from fer_data.records import Record, Reject, TextSpan
 
 _COMMIT_EVERY = 10_000  # rows per insert transaction
 
@@ -41,6 +41,9 @@ def _pack(rec: Record) -> tuple[str, bytes | None]:
     del values["pixels"]
     values["aus"] = [[au, present, intensity] for au, (present, intensity) in rec.aus.items()]
     if rec.pixels is None:
+        return _JSON.encode(values), None
+    if isinstance(rec.pixels, TextSpan):  # where a label file holds the text: three values, not 9 KB
+        values["pixels"] = ["span", *rec.pixels]
         return _JSON.encode(values), None
     if isinstance(rec.pixels, str | bytes):  # beside the JSON, not in it: JSON-escaping 9 KB of digits was most of a row's time
         values["pixels"] = "text"
@@ -65,7 +68,9 @@ def unpack(stored: Stored) -> Record:
             values[name] = tuple(values[name])
     if values["landmarks"] is not None:
         values["landmarks"] = tuple(tuple(p) for p in values["landmarks"])
-    if values.get("pixels") == "text":
+    if isinstance(values.get("pixels"), list) and values["pixels"][0] == "span":
+        values["pixels"] = TextSpan(*values["pixels"][1:])
+    elif values.get("pixels") == "text":
         values["pixels"] = pixels  # the text's UTF-8 bytes: `decode.text_pixels` parses them as they are
     elif pixels is not None:
         dtype, shape = values["pixels"]

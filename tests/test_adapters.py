@@ -10,6 +10,7 @@ Each fixture also checks that every row or file written comes back as exactly on
 
 from __future__ import annotations
 
+import codecs
 import textwrap
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from fer_data.datasets import ADAPTERS, LayoutError, get_adapter
 from fer_data.decode import text_pixels
 from fer_data.ingest import ingest
 from fer_data.labels import hash_split
-from fer_data.records import Record, Reject
+from fer_data.record_store import _pack, unpack
+from fer_data.records import BadRow, Record, Reject, TextSpan, read_spans
 
 # ------------------------------------------------------------------------------------- helpers
 
@@ -373,7 +375,9 @@ def test_fer2013_labels_splits_and_pixels(tmp_path: Path, header: str) -> None:
     assert rejects == []
     assert {sid: (r.split, r.emotion) for sid, r in records.items()} == FER2013_EXPECTED
     for i, rec in enumerate(records.values()):
-        pixels = text_pixels(rec.pixels)  # the row's text, decoded by the workers
+        assert isinstance(rec.pixels, TextSpan)  # where the row's text is: the workers read and decode it
+        assert rec.pixels.read() == pixel_text(i).encode()
+        pixels = text_pixels(rec.pixels.read())
         assert pixels.dtype == np.uint8 and pixels.shape == (48, 48)
         np.testing.assert_array_equal(pixels, pixel_array(i))
         assert rec.source_path == f"{path}#row={i}"
@@ -472,8 +476,44 @@ def test_ferplus_rows_follow_fer2013_row_order(tmp_path: Path) -> None:
     assert reasons(rejects) == ["missing_file"]
     assert records["ferplus:fer0000000.png"].pixels == fer["fer2013:0000000"].pixels
     assert records["ferplus:fer0000002.png"].pixels == fer["fer2013:0000002"].pixels
-    np.testing.assert_array_equal(text_pixels(records["ferplus:fer0000002.png"].pixels), pixel_array(12))
+    np.testing.assert_array_equal(text_pixels(records["ferplus:fer0000002.png"].pixels.read()), pixel_array(12))
     assert records["ferplus:fer0000002.png"].source_path == f"{tmp_path / 'fer2013.csv'}#row=2"
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_fer2013_pixels_read_where_the_file_holds_them_whatever_the_line(tmp_path: Path, newline: str,
+                                                                       bom: bytes) -> None:
+    """A plain line's pixels are a byte range of the CSV (no copy of the text); a quoted line, a line with
+    a non-ASCII byte elsewhere in it, padded fields: the same values as the text reader gives, line ends
+    "\n", "\r\n" or a lone "\r" (old Mac), with or without a UTF-8 BOM. A file changed since it was
+    listed is a reject of the row, not a crash."""
+    lines = ["emotion,pixels,Usage", f"3,{pixel_text(0)},Training", f'4,"{pixel_text(1)}",PublicTest',
+             f"5,  {pixel_text(2)} ,Training ", f"6,{pixel_text(3)},Trainıng", f"0,{pixel_text(4)},PrivateTest,é",
+             "", f"1,{pixel_text(5)},Training"]
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(bom + newline.join(lines).encode() + newline.encode())
+    records, rejects = read("fer2013", tmp_path)
+    assert reasons(rejects) == ["label_out_of_range"]  # "Trainıng" (a dotless i) is no Usage
+    assert list(records) == ["fer2013:0000000", "fer2013:0000001", "fer2013:0000002", "fer2013:0000004",
+                             "fer2013:0000005"]
+    seeds = {"fer2013:0000000": 0, "fer2013:0000001": 1, "fer2013:0000002": 2, "fer2013:0000004": 4,
+             "fer2013:0000005": 5}
+    for sid, rec in records.items():
+        spanned = sid not in ("fer2013:0000001", "fer2013:0000004")  # quoted, and a non-ASCII line: their text
+        assert isinstance(rec.pixels, TextSpan) == spanned, sid
+        text = rec.pixels.read() if spanned else rec.pixels
+        np.testing.assert_array_equal(text_pixels(text), pixel_array(seeds[sid]))
+        assert rec.source_path == f"{path}#row={sid[-1]}"
+    stored = unpack(_pack(records["fer2013:0000000"]))  # the record store keeps the range, not the text
+    assert stored.pixels == records["fer2013:0000000"].pixels and _pack(stored)[1] is None
+    spans = [records[sid].pixels for sid in ("fer2013:0000005", "fer2013:0000000")]
+    assert read_spans([*spans, TextSpan(str(tmp_path / "gone.csv"), 0, 3)]) == [
+        pixel_text(5).encode(), pixel_text(0).encode(), None]  # one open for both; a missing file None
+    path.write_bytes(bom + lines[0].encode())  # the file cut short after it was listed
+    assert read_spans(spans) == [None, None]
+    with pytest.raises(BadRow, match="corrupt_image"):
+        records["fer2013:0000005"].pixels.read()
 
 
 # ------------------------------------------------------------------------------------- class folders: SFEW, MMA, imagefolder

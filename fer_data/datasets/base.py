@@ -11,12 +11,13 @@ import csv
 import io
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
-from fer_data.records import BadRow, Record, Reject, printable
+from fer_data.records import BadRow, Record, Reject, TextSpan, printable
 
 Item = Record | Reject
 Reader = Callable[[Path], Iterator[Item]]
@@ -144,7 +145,7 @@ def inside_text(root: Path, rel: str) -> str:
 
 
 def rows(path: Path, columns: tuple[str, ...], delimiter: str | None = None,
-         optional: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]] | Reject]:
+         optional: tuple[str, ...] = (), spans: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, Any]] | Reject]:
     """(data-row index, row as a dict keyed by `columns`) of a delimited label file, header or not.
 
     The index counts every data row, short ones included, so row-aligned files (FER2013 and
@@ -153,9 +154,41 @@ def rows(path: Path, columns: tuple[str, ...], delimiter: str | None = None,
     without one the fields are taken in `columns` order. The delimiter is sniffed among
     comma, tab, semicolon and whitespace unless given. Rows with too few fields come back as
     Rejects (dataset filled in by the caller); blank lines are skipped.
+
+    `spans` columns come back as where their text sits in the file (`TextSpan`, stripped as the text
+    would be) on a plain line: a UTF-8 file (BOM or not), a line of ASCII without quotes, a delimiter
+    given and not whitespace; as their text elsewhere. The text is what `open_text` reads either way.
     """
-    with open_text(path) as f:
-        yield from _rows(f, path, columns, delimiter, optional)
+    if spans and delimiter not in (None, " ") and _utf8(path):
+        with path.open("rb") as f:
+            yield from _rows(_plain_lines(f), path, columns, delimiter, optional, spans)
+    else:
+        with open_text(path) as f:
+            yield from _rows(((line, None) for line in f), path, columns, delimiter, optional, ())
+
+
+def _utf8(path: Path) -> bool:
+    """Whether `open_text` reads the file as UTF-8 (no UTF-16 or UTF-32 byte-order mark)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return not (head in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE) or head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+
+
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # after a carriage return that ends a line by itself (old Mac files)
+
+
+def _plain_lines(f: BinaryIO) -> Iterator[tuple[str, int | None]]:
+    """The lines of a UTF-8 file opened in binary, as `open_text` gives them (newlines kept: "\n",
+    "\r\n" or a lone "\r"; a UTF-8 BOM dropped; bad bytes as U+FFFD), each with its byte offset in the
+    file where the line is ASCII (a character a byte), else None."""
+    pos = 3 if f.read(3) == codecs.BOM_UTF8 else 0
+    f.seek(pos)
+    for raw in f:
+        end = len(raw) - 2 if raw.endswith(b"\n") else len(raw) - 1
+        for piece in (raw,) if raw.find(b"\r", 0, max(end, 0)) == -1 else _LONE_CR.split(raw):
+            if piece:
+                yield piece.decode("utf-8", "replace"), pos if piece.isascii() else None
+                pos += len(piece)
 
 
 def open_text(path: Path) -> TextIO:
@@ -179,17 +212,18 @@ def read_lines(path: Path) -> list[str]:
         return f.read().splitlines()
 
 
-def _rows(lines: Iterable[str], path: Path, columns: tuple[str, ...], delimiter: str | None,
-          optional: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]] | Reject]:
-    """`rows` over an open file, line by line: a 1M-row label file is never held whole in memory."""
-    lines = (ln.rstrip("\r\n") for ln in lines)
+def _rows(lines: Iterable[tuple[str, int | None]], path: Path, columns: tuple[str, ...], delimiter: str | None,
+          optional: tuple[str, ...], spans: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]] | Reject]:
+    """`rows` over an open file's (line, byte offset of a plain line or None), line by line: a 1M-row
+    label file is never held whole in memory."""
+    lines = ((ln.rstrip("\r\n"), at) for ln, at in lines)
     if delimiter is None:
-        head: list[str] = []  # up to the first non-blank line (the header or first row), which decides
-        for line in lines:
-            head.append(line)
+        head: list[tuple[str, int | None]] = []  # up to the first non-blank line (the header or first row), which decides
+        for line, at in lines:
+            head.append((line, at))
             if line.strip():
                 break
-        sample = head[-1] if head else ""
+        sample = head[-1][0] if head else ""
         delimiter = next((d for d in (",", "\t", ";") if d in sample), " ")
         lines = itertools.chain(head, lines)
     split: Callable[[str], list[str]]
@@ -205,13 +239,17 @@ def _rows(lines: Iterable[str], path: Path, columns: tuple[str, ...], delimiter:
     names = [c.lower() for c in columns + optional]  # the fields' names without a header; lowered once, not a row
     required = names[:len(columns)]
     wanted = list(zip(columns + optional, names))
+    spanned = [name for c, name in wanted if c in spans]
+    where: list[tuple[str, int]] = []  # (name, field index) of the span columns in this file's lines
+    file = os.fspath(path)
     header: list[str] | None = None
     first = True
     index = -1
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, (line, at) in enumerate(lines, start=1):
         if not line.strip():
             continue
-        fields = [f.strip() for f in split(line)]
+        raw = split(line)
+        fields = [f.strip() for f in raw]
         if first:
             first = False
             if fields[0].lower() == required[0]:
@@ -219,20 +257,29 @@ def _rows(lines: Iterable[str], path: Path, columns: tuple[str, ...], delimiter:
                 missing = [c for c, name in zip(columns, required) if name not in header]
                 if missing:
                     raise LayoutError(f"{path}: header lacks the columns {missing}")
+            # a repeated name is the last field of that name, as in the row's dict
+            where = [(name, max(i for i, n in enumerate(header or names) if n == name)) for name in spanned
+                     if name in (header or names)]
+            if header:
                 continue
         index += 1
-        row = dict(zip(header or names, fields))
+        row: dict[str, Any] = dict(zip(header or names, fields))
         if any(name not in row for name in required):
             yield Reject("", f"{path}#row={index}", "adapter", "unparsable_row",
                          f"line {lineno}: expected the fields {columns}, got {len(fields)}: {line[:80]!r}")
             continue
+        if at is not None and where and '"' not in line:  # a plain line: a field's text is its bytes
+            for name, i in where:
+                if i < len(raw):
+                    start = at + sum(len(f) for f in raw[:i]) + i * len(delimiter) + len(raw[i]) - len(raw[i].lstrip())
+                    row[name] = TextSpan(file, start, start + len(fields[i]))
         yield index, {c: row.get(name, "") for c, name in wanted}
 
 
-def parse_rows(dataset: str, path: Path, columns: tuple[str, ...], parse: Callable[[int, dict[str, str]], Record],
-               delimiter: str | None = None, optional: tuple[str, ...] = ()) -> Iterator[Item]:
+def parse_rows(dataset: str, path: Path, columns: tuple[str, ...], parse: Callable[[int, dict[str, Any]], Record],
+               delimiter: str | None = None, optional: tuple[str, ...] = (), spans: tuple[str, ...] = ()) -> Iterator[Item]:
     """Run `parse(index, row)` over each data row, turning BadRow and short rows into Rejects."""
-    for item in rows(path, columns, delimiter, optional):
+    for item in rows(path, columns, delimiter, optional, spans):
         if isinstance(item, Reject):
             yield Reject(dataset, item.source_path, item.stage, item.reason, item.detail)
             continue

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fer_data.datasets.base import BadRow, Item, find_file, parse_rows, register, rows, to_int
 from fer_data.labels import EMOTION_ID
-from fer_data.records import Record, Reject
+from fer_data.records import Record, Reject, TextSpan
 
 FER_EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")  # FER2013 ids 0..6
 USAGE_SPLIT = {"training": "train", "publictest": "val", "privatetest": "test"}
@@ -37,10 +38,10 @@ def read_fer2013(root: Path) -> Iterator[Item]:
             source_path=f"{path}#row={i}",
             emotion=EMOTION_ID[FER_EMOTIONS[label]],
             aligned=True,
-            pixels=row["pixels"],  # decoded by the workers (`decode.text_pixels`), a bad one a decode reject
+            pixels=row["pixels"],  # where the text is; decoded by the workers (`decode.text_pixels`), a bad one a decode reject
         )
 
-    yield from parse_rows("fer2013", path, FER2013_COLUMNS, parse, delimiter=",")
+    yield from parse_rows("fer2013", path, FER2013_COLUMNS, parse, delimiter=",", spans=("pixels",))
 
 
 def _majority(votes: list[int]) -> int:
@@ -59,10 +60,10 @@ class _RowCursor:
     the same order), so FERPlus never holds FER2013's 35k (or a larger release's) pixel strings."""
 
     def __init__(self, path: Path) -> None:
-        self._rows = (r for r in rows(path, FER2013_COLUMNS, ",") if not isinstance(r, Reject))
-        self._at: tuple[int, dict[str, str]] | None = None
+        self._rows = (r for r in rows(path, FER2013_COLUMNS, ",", spans=("pixels",)) if not isinstance(r, Reject))
+        self._at: tuple[int, dict[str, Any]] | None = None
 
-    def get(self, index: int) -> str | None:
+    def get(self, index: int) -> str | TextSpan | None:
         """The pixels of data row `index` (indices asked in increasing order), None if it has none."""
         while self._at is None or self._at[0] < index:
             self._at = next(self._rows, None)
