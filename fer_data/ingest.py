@@ -346,7 +346,7 @@ class Worker:
         """Each record's result in order: images and clips go their own ways (`_images`, `_clips`)."""
         spanned = [rec for rec in batch if isinstance(rec.pixels, TextSpan)]
         for rec, text in zip(spanned, read_spans([rec.pixels for rec in spanned])):  # one open a file a batch
-            if text is not None:
+            if not isinstance(text, BadRow):  # else `load` reads it again, to reject the record saying why
                 rec.pixels = text
         loaded: list[tuple[Record, Loaded]] = []
         out: dict[int, tuple[Record, dict[str, Any] | Reject]] = {}

@@ -508,10 +508,12 @@ def test_fer2013_pixels_read_where_the_file_holds_them_whatever_the_line(tmp_pat
     stored = unpack(_pack(records["fer2013:0000000"]))  # the record store keeps the range, not the text
     assert stored.pixels == records["fer2013:0000000"].pixels and _pack(stored)[1] is None
     spans = [records[sid].pixels for sid in ("fer2013:0000005", "fer2013:0000000")]
-    assert read_spans([*spans, TextSpan(str(tmp_path / "gone.csv"), 0, 3)]) == [
-        pixel_text(5).encode(), pixel_text(0).encode(), None]  # one open for both; a missing file None
+    got = read_spans([*spans, TextSpan(str(tmp_path / "gone.csv"), 0, 3)])  # one open for both
+    assert got[:2] == [pixel_text(5).encode(), pixel_text(0).encode()]
+    assert isinstance(got[2], BadRow) and "gone.csv" in got[2].detail  # a missing file: why, not bytes
     path.write_bytes(bom + lines[0].encode())  # the file cut short after it was listed
-    assert read_spans(spans) == [None, None]
+    assert [(b.reason, "changed since it was listed" in b.detail) for b in read_spans(spans)] == [
+        ("corrupt_image", True), ("corrupt_image", True)]
     with pytest.raises(BadRow, match="corrupt_image"):
         records["fer2013:0000005"].pixels.read()
 

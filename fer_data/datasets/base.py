@@ -159,19 +159,12 @@ def rows(path: Path, columns: tuple[str, ...], delimiter: str | None = None,
     would be) on a plain line: a UTF-8 file (BOM or not), a line of ASCII without quotes, a delimiter
     given and not whitespace; as their text elsewhere. The text is what `open_text` reads either way.
     """
-    if spans and delimiter not in (None, " ") and _utf8(path):
+    if spans and delimiter not in (None, " ") and _encoding(path) == "utf-8-sig":
         with path.open("rb") as f:
             yield from _rows(_plain_lines(f), path, columns, delimiter, optional, spans)
     else:
         with open_text(path) as f:
             yield from _rows(((line, None) for line in f), path, columns, delimiter, optional, ())
-
-
-def _utf8(path: Path) -> bool:
-    """Whether `open_text` reads the file as UTF-8 (no UTF-16 or UTF-32 byte-order mark)."""
-    with path.open("rb") as f:
-        head = f.read(4)
-    return not (head in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE) or head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
 
 
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # after a carriage return that ends a line by itself (old Mac files)
@@ -195,15 +188,18 @@ def open_text(path: Path) -> TextIO:
     """A label file opened as text in the encoding its byte-order mark names: UTF-32 or UTF-16 (what
     spreadsheets save as "Unicode text"), else UTF-8 with or without a BOM. Bytes that do not decode
     read as U+FFFD, so a bad byte spoils one field, not the file. Newlines are left as written."""
+    return path.open(encoding=_encoding(path), errors="replace", newline="")
+
+
+def _encoding(path: Path) -> str:
+    """The encoding a label file's byte-order mark names: utf-32, utf-16, else utf-8-sig (BOM or not)."""
     with path.open("rb") as f:
         head = f.read(4)
     if head in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):
-        encoding = "utf-32"
-    elif head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-        encoding = "utf-16"
-    else:
-        encoding = "utf-8-sig"
-    return path.open(encoding=encoding, errors="replace", newline="")
+        return "utf-32"
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return "utf-16"
+    return "utf-8-sig"
 
 
 def read_lines(path: Path) -> list[str]:
