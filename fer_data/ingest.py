@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import secrets
 import sys
 import threading
 import time
@@ -468,25 +469,51 @@ class InputKeys:
     sha256 of its file. Content, not mtime or absolute path: a fresh clone, a copy or a `touch` gives
     the same fingerprint (so DVC sees the same shards), an edited file another. Rows inside one label
     file (`FILE#row=N`) share one hash of FILE for the whole job, and consecutive records of one video
-    (DISFA's frames) one hash of the video."""
+    (DISFA's frames) one hash of the video.
+
+    A label file is hashed on a thread while its rows are read (a 1M-row FER2013 CSV is 8 GB: about
+    10 s of one core before the first row, with the second core idle); until then its rows' keys hold
+    a placeholder, which `resolved` replaces by the hash. Use as a context manager: leaving it waits
+    for the hashing thread.
+    """
 
     def __init__(self, raw_root: str | Path) -> None:
         self.root = str(Path(raw_root).resolve())
-        self._label_files: dict[str, str | None] = {}
+        self._label_files: dict[str, tuple[str, Future]] = {}  # path -> (placeholder, its hash to come)
+        self._mark = secrets.token_hex(16)  # in every placeholder: no label's text holds it by chance
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="label-file-hash")
         self._last: tuple[str, str | None] = ("", None)
+
+    def __enter__(self) -> InputKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hasher.shutdown(wait=True, cancel_futures=exc[0] is not None)
 
     def __call__(self, rec: Record) -> str:
         path, inside_file, _ = rec.source_path.partition("#")
         if inside_file:
             if path not in self._label_files:
-                self._label_files[path] = _content(path)
-            found = self._label_files[path]
+                self._label_files[path] = (f"{self._mark}:{len(self._label_files)}", self._hasher.submit(_content, path))
+            found = self._label_files[path][0]
         else:
             if self._last[0] != path:
                 self._last = (path, _content(path))
             found = self._last[1]
         return shards.fingerprint_json([rec.sample_id, shard_labels(rec), relative(rec.source_path, self.root),
                                         found, rec.landmarks, rec.face_box])
+
+    def resolved(self, keys: Iterable[str]) -> Iterator[str]:
+        """`keys` this object made (all of them made before: the placeholders are those known when
+        the first key is taken), each label file's placeholder replaced by its hash's JSON: the text
+        a key made with the hash at hand has (waits for the hashes)."""
+        swaps = [(shards.fingerprint_json(mark), shards.fingerprint_json(digest.result()))
+                 for mark, digest in self._label_files.values()]
+        for key in keys:
+            if swaps and self._mark in key:
+                for mark, digest in swaps:
+                    key = key.replace(mark, digest)
+            yield key
 
 
 def _content(path: str) -> str | None:
@@ -659,8 +686,8 @@ class IngestJob:
         self.out = Path(out)
         self.settings = settings
         self.needs_detector = False
-        keys = InputKeys(raw_root)
-        self.root = keys.root
+        self.keys = InputKeys(raw_root)
+        self.root = self.keys.root
         self.store = RecordStore()
         self.early = EarlyStart(self) if early else None
 
@@ -676,7 +703,8 @@ class IngestJob:
         # 1.8-2.3 s). Worker processes freeze their imports (`_exit_with`).
         gc.freeze()
         try:
-            self.store.fill(every_kth_frame(self.adapter.records(raw_root), settings.frame_step), keys, seen)
+            with self.keys:
+                self.store.fill(every_kth_frame(self.adapter.records(raw_root), settings.frame_step), self.keys, seen)
             if self.early:
                 self.early.drain()
             self.lock = OutputLock(self.out, f"ingest of {self.adapter.name}")
@@ -729,7 +757,7 @@ class IngestJob:
         """The records of `split` not yet in complete shards, read lazily in shard order, as batches
         of `batch_size` grouped into chunks of `chunk_batches`; a run of records processed already
         (`EarlyStart`) comes as their results."""
-        fingerprint = shards.fingerprint_streamed(self.settings.params(), self.store.keys(split))
+        fingerprint = shards.fingerprint_streamed(self.settings.params(), self.keys.resolved(self.store.keys(split)))
         writer = self.writers[split] = shards.ShardWriter(self.shard_dir / shards.version_dir(split, fingerprint),
                                                           split, fingerprint,
                                                           self.settings.shard_samples, self.settings.shard_bytes)

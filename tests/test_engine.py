@@ -36,7 +36,8 @@ def test_store_gives_records_back_exactly_in_sample_id_order(tmp_path: Path) -> 
     ]
     store = RecordStore()
     try:
-        store.fill(items, InputKeys("/x"))
+        with InputKeys("/x") as keys:
+            store.fill(items, keys)
         assert (store.n_rows, store.n_records, store.n_rejects) == (6, 4, 2)
         assert store.splits == ["test", "train"]
         train = [unpack(stored) for stored, _ in store.records("train")]
@@ -61,10 +62,14 @@ def test_streamed_fingerprint_is_the_listed_one(tmp_path: Path) -> None:
     root = fer2013_csv(tmp_path / "raw", 40)
     with IngestJob("fer2013", root, tmp_path / "out", Settings(size=112)) as job:
         for split in job.splits:
-            keys = InputKeys(root)
-            listed = [json.loads(keys(unpack(stored))) for stored, _ in job.store.records(split)]
-            streamed = shards.fingerprint_streamed(job.settings.params(), job.store.keys(split))
+            with InputKeys(root) as keys:
+                made = [keys(unpack(stored)) for stored, _ in job.store.records(split)]
+                listed = [json.loads(key) for key in keys.resolved(made)]
+            assert all(isinstance(key[3], str) and len(key[3]) == 64 for key in listed)  # the CSV's sha256
+            streamed = shards.fingerprint_streamed(job.settings.params(), job.keys.resolved(job.store.keys(split)))
             assert streamed == shards.fingerprint(job.settings.params(), listed)
+            next(job.chunks(split))
+            assert job.writers[split].fingerprint == streamed  # what the job's shards carry
 
 
 def test_chunking_and_runner_never_change_a_byte(tmp_path: Path) -> None:
